@@ -1,0 +1,108 @@
+"""``kdprune`` command line: train, prune, run, models, methods.
+
+Every user mistake (bad flag, bad file, bad value) ends with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+
+from kdprune import __version__
+from kdprune.errors import UserError
+
+_COMMANDS = {
+    "train": ("TrainConfig", "train a dense model with cross-entropy"),
+    "prune": ("PruneConfig", "one-shot prune an existing checkpoint (no retraining)"),
+    "run": ("RunConfig", "the whole pipeline: teacher, KD student, one-shot pruning, retraining"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints the whole usage by default)
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from kdprune.experiments import config as C
+
+    p = _Parser(prog="kdprune", description="Teacher-guided one-shot pruning with context-aware KD.")
+    p.add_argument("--version", action="version", version=f"kdprune {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (cls_name, help_) in _COMMANDS.items():
+        cls = getattr(C, cls_name)
+        sp = sub.add_parser(name, help=help_, description=(cls.__doc__ or help_).strip(),
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sp.add_argument("--config", metavar="FILE.yaml", default=None,
+                        help="YAML file of options (keys as the flags, with - or _); flags override it")
+        C.add_arguments(sp, cls)
+    sub.add_parser("models", help="list the architectures")
+    sub.add_parser("methods", help="list the pruning methods")
+    return p
+
+
+def _list_models() -> None:
+    from kdprune.models import list_models, model_info
+
+    for name in list_models():
+        print(f"{name:10s} {model_info(name).description}")
+
+
+def _list_methods() -> None:
+    from kdprune.pruning.criteria import CRITERIA
+
+    for c in CRITERIA.values():
+        print(f"{c.name:16s} {c.description}\n{'':16s} [{c.paper}]")
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from kdprune.experiments import config as C
+    from kdprune.experiments import pipeline
+
+    if args.command == "models":
+        _list_models()
+        return 0
+    if args.command == "methods":
+        _list_methods()
+        return 0
+    cls = getattr(C, _COMMANDS[args.command][0])
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    cfg = C.build_config(cls, overrides, args.config)
+    if args.command == "train":
+        pipeline.train_dense(cfg)
+    elif args.command == "prune":
+        pipeline.prune_checkpoint(cfg)
+    else:
+        rows = pipeline.run_pipeline(cfg)
+        from kdprune.experiments.results import format_table
+
+        print(format_table(rows), end="")
+        print(f"results: {cfg.out}/results.md, {cfg.out}/results.jsonl")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 2
+        return _dispatch(args)
+    except UserError as e:
+        print(f"kdprune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdprune: interrupted; finished stages are kept, rerun with --resume to continue", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+            print(f"kdprune: error: {e.strerror}: {e.filename or ''}; finished stages are kept".rstrip(),
+                  file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

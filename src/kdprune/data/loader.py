@@ -1,0 +1,92 @@
+"""A data loader over tensors that already live on the training device (after airbench).
+
+The whole split is a uint8 tensor on the device; each batch is indexed, augmented (batched crop and
+flip) and normalised there. Order and augmentation come from a CPU generator seeded by
+``(seed, epoch)``, so an epoch is reproducible on its own: a run resumed at epoch ``e`` sees exactly
+the batches the uninterrupted run saw. Under DDP each rank takes a strided shard of the permutation.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from kdprune.data.augment import random_crop_flip
+
+
+class TensorLoader:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        mean: list[float],
+        std: list[float],
+        train: bool,
+        pad: int = 0,
+        flip: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        channels_last: bool = False,
+        drop_last: bool | None = None,
+    ):
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.batch_size = int(batch_size)
+        self.train = train
+        self.pad, self.flip = (pad, flip) if train else (0, False)
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.channels_last = channels_last
+        c = images.shape[1]
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255.0
+        self.inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255.0)
+        n = len(self.labels)
+        # Training drops the ragged last batch (BatchNorm cannot train on a batch of one) when it can.
+        self.drop_last = (train and n // world_size >= batch_size) if drop_last is None else drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank sees per epoch (before dropping the last batch)."""
+        n = len(self.labels)
+        return -(-n // self.world_size) if self.world_size > 1 else n
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _generator(self) -> torch.Generator:
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return g
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        g = self._generator()
+        if self.train:
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        if self.world_size > 1:
+            total = self.num_samples * self.world_size
+            order = torch.cat([order, order[: total - n]])  # pad like DistributedSampler
+            order = order[self.rank::self.world_size]
+        order = order.to(self.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.images[idx]
+            if self.train:
+                x = random_crop_flip(x, self.pad, self.flip, g)
+            x = (x.float() - self.mean) * self.inv_std
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[idx]

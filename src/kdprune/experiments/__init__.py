@@ -1,0 +1,1 @@
+"""Configs, the end-to-end pipeline, results and reports."""

@@ -1,0 +1,265 @@
+"""Typed, serialisable configs. Every field is a CLI flag (``--field-name``) and a YAML key.
+
+Resolution order: dataclass defaults < ``--config FILE.yaml`` < flags given on the command line. A YAML
+key that is not a field, or a value of the wrong type, is a user error (one line, exit code 2).
+The defaults are sized for the embedded ``digits`` dataset on a 2-core CPU; ``configs/`` holds the
+paper-scale settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdprune.errors import UserError
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class CommonConfig:
+    dataset: str = _f("digits", "digits (embedded, no download) | cifar10 | cifar100 | tinyimagenet")
+    data_dir: str | None = _f(None, "folder holding the dataset (its official folder or the parent)")
+    download: bool = _f(False, "download and checksum the official archive into --data-dir first")
+    batch_size: int = _f(64, "mini-batch size")
+    lr: float = _f(0.1, "peak learning rate of dense/teacher/student training")
+    optimizer: str = _f("sgd", "sgd | adamw")
+    momentum: float = _f(0.9, "SGD momentum")
+    nesterov: bool = _f(True, "Nesterov momentum for SGD")
+    weight_decay: float = _f(5e-4, "weight decay (L2 for SGD, decoupled for AdamW)")
+    schedule: str = _f("cosine", "learning-rate schedule: cosine | multistep | constant")
+    grad_clip: float | None = _f(None, "clip the gradient norm to this value")
+    seed: int = _f(0, "seed of initialisation, data order and augmentation")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    amp: bool = _f(True, "mixed precision on CUDA (bf16 where supported); ignored on the CPU")
+    channels_last: bool = _f(False, "channels_last memory format (faster convolutions on recent GPUs)")
+    compile: bool = _f(False, "torch.compile the training step")
+    out: str = _f("runs/default", "output folder")
+    resume: bool = _f(False, "continue the run in --out: finished stages are kept, an interrupted one resumes")
+    progress: bool | None = _f(None, "progress bars (default: only on a terminal)")
+
+
+@dataclass
+class TrainConfig(CommonConfig):
+    """``kdprune train``: dense training with cross-entropy."""
+
+    arch: str = _f("resnet20", "architecture (see `kdprune models`)")
+    epochs: int = _f(60, "training epochs")
+    out: str = _f("runs/train", "output folder")
+
+
+@dataclass
+class DistillConfig:
+    alpha: float = _f(0.9, "weight of the distillation term: L = alpha*KD + (1-alpha)*CE")
+    temperature: float = _f(4.0, "distillation temperature T")
+    kd_loss: str = _f("ca-kld", "ca-kld (z-scored logits, the paper's) | kd (Hinton)")
+    kd_eps: float = _f(1e-7, "epsilon of the CA-KLD logit normalisation")
+    kd_t_squared: bool = _f(True, "multiply the KD term by T^2 as in Hinton et al.")
+
+
+@dataclass
+class PruneOptions:
+    method: str = _f("teacher-guided", "pruning criterion (see `kdprune methods`)")
+    scope: str = _f("global", "global (one threshold over all layers) | layerwise")
+    score_batches: int | None = _f(None, "batches summed for gradient scores (default: one epoch, at most 100)")
+    score_form: str = _f("taylor", "gradient score: taylor |w*g| | grad |g| | taylor2 (w*g)^2")
+    prune_first: bool = _f(True, "prune the first convolution")
+    prune_last: bool = _f(True, "prune the classifier")
+
+
+@dataclass
+class PruneConfig(CommonConfig, DistillConfig, PruneOptions):
+    """``kdprune prune``: one-shot pruning of an existing checkpoint, no retraining."""
+
+    checkpoint: str | None = _f(None, "model to prune: model.safetensors, checkpoint.pt, a .pt state_dict or a run folder")
+    arch: str = _f("resnet20", "architecture of --checkpoint")
+    sparsity: float = _f(0.9, "fraction of prunable weights to remove, in (0, 1)")
+    teacher_checkpoint: str | None = _f(None, "teacher for --method teacher-guided")
+    teacher_arch: str = _f("resnet56", "architecture of --teacher-checkpoint")
+    out: str = _f("runs/prune", "output folder")
+
+
+@dataclass
+class RunConfig(CommonConfig, DistillConfig, PruneOptions):
+    """``kdprune run``: teacher -> KD student -> one-shot pruning at each sparsity -> retraining."""
+
+    arch: str = _f("resnet20", "student architecture")
+    teacher_arch: str = _f("resnet56", "teacher architecture")
+    teacher_checkpoint: str | None = _f(None, "use this trained teacher instead of training one")
+    student_checkpoint: str | None = _f(None, "start the student from these weights (default: random init)")
+    teacher_epochs: int = _f(60, "teacher training epochs (when no --teacher-checkpoint)")
+    student_epochs: int = _f(60, "student distillation epochs")
+    retrain_epochs: int = _f(30, "sparsity-aware retraining epochs")
+    retrain_lr: float = _f(0.01, "peak learning rate of retraining")
+    sparsity: list[float] = _f([0.5, 0.75, 0.9, 0.95, 0.98], "comma list of target sparsities, each in (0, 1)")
+    retrain: str = _f("both", "plain (CE) | kd (L_total) | both")
+    out: str = _f("runs/default", "output folder")
+
+
+# ------------------------------------------------------------------------------------- type handling
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unwrap_optional(tp) -> tuple[Any, bool]:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+def coerce(tp, value: Any, key: str) -> Any:
+    """Check/convert ``value`` to the field type ``tp``; a wrong type is a UserError naming ``key``."""
+    base, optional = _unwrap_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise UserError(f"{key}: a value is required")
+    try:
+        if typing.get_origin(base) is list:
+            (inner,) = typing.get_args(base)
+            items = value.split(",") if isinstance(value, str) else value
+            if isinstance(items, (int, float)):
+                items = [items]
+            if not isinstance(items, (list, tuple)) or not items:
+                raise ValueError
+            return [coerce(inner, v.strip() if isinstance(v, str) else v, key) for v in items]
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+                return value.lower() in ("true", "yes", "1", "on")
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+    except (ValueError, TypeError, OverflowError):
+        pass
+    name = getattr(base, "__name__", str(base)).replace("list", "list of numbers")
+    raise UserError(f"{key}: expected {name}, got {value!r}")
+
+
+def _validate(cfg) -> None:
+    """Range checks that need no I/O."""
+    for f_ in fields(cfg):
+        v = getattr(cfg, f_.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UserError(f"{f_.name}: must be a finite number, got {v}")
+    positive = ["batch_size"]
+    nonneg = ["epochs", "teacher_epochs", "student_epochs", "retrain_epochs", "lr", "retrain_lr",
+              "weight_decay", "momentum"]
+    for k in positive:
+        if hasattr(cfg, k) and getattr(cfg, k) <= 0:
+            raise UserError(f"{k}: must be positive, got {getattr(cfg, k)}")
+    for k in nonneg:
+        if hasattr(cfg, k) and getattr(cfg, k) < 0:
+            raise UserError(f"{k}: must not be negative, got {getattr(cfg, k)}")
+    if getattr(cfg, "score_batches", None) is not None and cfg.score_batches <= 0:
+        raise UserError(f"score_batches: must be positive, got {cfg.score_batches}")
+    if hasattr(cfg, "alpha") and not 0.0 <= cfg.alpha <= 1.0:
+        raise UserError(f"alpha: must lie in [0, 1], got {cfg.alpha}")
+    if hasattr(cfg, "temperature") and cfg.temperature <= 0:
+        raise UserError(f"temperature: must be positive, got {cfg.temperature}")
+    sp = getattr(cfg, "sparsity", None)
+    for s in (sp if isinstance(sp, list) else [] if sp is None else [sp]):
+        if not 0.0 < s < 1.0:
+            raise UserError(f"sparsity must lie strictly between 0 and 1, got {s}")
+    if isinstance(sp, list) and len(set(sp)) != len(sp):
+        raise UserError(f"sparsity: values repeat in {sp}")
+    _validate_names_and_files(cfg)
+    choices = {"retrain": ("plain", "kd", "both"), "scope": ("global", "layerwise"),
+               "kd_loss": ("ca-kld", "kd"), "score_form": ("taylor", "grad", "taylor2"),
+               "optimizer": ("sgd", "adamw"), "schedule": ("cosine", "multistep", "constant")}
+    for k, allowed in choices.items():
+        if hasattr(cfg, k) and getattr(cfg, k) not in allowed:
+            raise UserError(f"{k}: expected one of {', '.join(allowed)}, got {getattr(cfg, k)!r}")
+
+
+def _validate_names_and_files(cfg) -> None:
+    """Unknown names and missing files are reported before any work starts."""
+    from kdprune.data.datasets import DATASETS
+    from kdprune.models import model_info
+    from kdprune.pruning.criteria import get_criterion
+
+    if cfg.dataset not in DATASETS:
+        raise UserError(f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS)}")
+    for k in ("arch", "teacher_arch"):
+        if hasattr(cfg, k):
+            model_info(getattr(cfg, k))
+    if hasattr(cfg, "method"):
+        get_criterion(cfg.method)
+    for k in ("checkpoint", "teacher_checkpoint", "student_checkpoint"):
+        path = getattr(cfg, k, None)
+        if path and not Path(path).exists():
+            raise UserError(f"checkpoint not found: {path} (--{k.replace('_', '-')})")
+
+
+def build_config(cls, overrides: dict[str, Any], config_file: str | None = None):
+    """Defaults, then the YAML file, then ``overrides`` (already-parsed CLI values)."""
+    types_ = _field_types(cls)
+    values: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"config file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read config file {path}: {e}") from None
+        except yaml.YAMLError as e:
+            raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"{path}: expected a mapping of option: value at the top level")
+        for raw_key, v in loaded.items():
+            key = str(raw_key).replace("-", "_")
+            if key not in types_:
+                raise UserError(f"{path}: unknown key {raw_key!r} (see --help for the options)")
+            values[key] = coerce(types_[key], v, f"{path}: {raw_key}")
+    for k, v in overrides.items():
+        values[k] = coerce(types_[k], v, "--" + k.replace("_", "-"))
+    cfg = cls(**values)
+    _validate(cfg)
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return asdict(cfg)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per field; values stay raw strings and are typed by :func:`build_config`."""
+    types_ = _field_types(cls)
+    for f_ in fields(cls):
+        flag = "--" + f_.name.replace("_", "-")
+        base, _ = _unwrap_optional(types_[f_.name])
+        default = f_.default if f_.default is not MISSING else f_.default_factory()  # type: ignore[misc]
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        help_ = f"{f_.metadata.get('help', '')} (default: {shown})"
+        if base is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
+        else:
+            parser.add_argument(flag, default=argparse.SUPPRESS, metavar=f_.name.upper(), help=help_)

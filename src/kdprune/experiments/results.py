@@ -1,0 +1,33 @@
+"""Result rows and the markdown table that ``kdprune run`` prints and writes to ``results.md``."""
+
+from __future__ import annotations
+
+
+def result_key(row: dict) -> tuple:
+    return (row["method"], row["dataset"], row["arch"], row["seed"], float(row["target_sparsity"]), row["regime"])
+
+
+def format_table(rows: list[dict]) -> str:
+    """One line per sparsity: achieved sparsity, one-shot (no retraining) and each regime's top-1."""
+    if not rows:
+        return "no results\n"
+    first = rows[0]
+    regimes = list(dict.fromkeys(r["regime"] for r in rows))
+    by_s: dict[float, dict] = {}
+    for r in rows:
+        by_s.setdefault(r["target_sparsity"], {})[r["regime"]] = r
+    head = (f"{first['method']} on {first['dataset']}: student {first['arch']} (dense {first['dense_top1']:.2f}%), "
+            f"teacher {first['teacher_arch']} ({first['teacher_top1']:.2f}%), seed {first['seed']}\n\n")
+    cols = ["sparsity", "achieved", "non-zero params", "one-shot top-1"] + [f"{g} top-1" for g in regimes] + [
+        "gap to dense (best)"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---:" for _ in cols) + "|"]
+    for s in sorted(by_s):
+        group = by_s[s]
+        any_r = next(iter(group.values()))
+        best = max(g["top1"] for g in group.values())
+        cells = [f"{s:.2%}", f"{any_r['achieved_sparsity']:.4%}",
+                 f"{any_r['nonzero_params']:,} / {any_r['total_params']:,}", f"{any_r['pruned_top1']:.2f}"]
+        cells += [f"{group[g]['top1']:.2f}" if g in group else "-" for g in regimes]
+        cells.append(f"{best - any_r['dense_top1']:+.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"

@@ -1,0 +1,172 @@
+"""Building blocks shared by the commands: device, data, output folders and resumable stages.
+
+A *stage* is one training job in its own folder. It is finished when its ``metrics.json`` exists
+(written last, atomically, after ``model.safetensors`` and ``masks.safetensors``); a finished stage is
+loaded, never re-run. An unfinished stage resumes from its ``checkpoint.pt``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from kdprune import __version__
+from kdprune.data import ImageDataset, TensorLoader, load_dataset
+from kdprune.errors import UserError
+from kdprune.experiments.config import to_dict
+from kdprune.io import read_json, save_tensors, write_json, write_yaml
+from kdprune.losses import Objective
+from kdprune.models.weights import read_state_dict
+from kdprune.pruning.masks import MaskSet, sparsity_report
+from kdprune.pruning.prunable import unwrap
+from kdprune.train import Callback, OptimSpec, Trainer
+
+# Keys that may change between an interrupted run and its resumption.
+_RESUMABLE_KEYS = {"resume", "progress", "device"}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+@dataclass
+class Env:
+    device: torch.device
+    data: ImageDataset
+    train: TensorLoader
+    test: TensorLoader
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def score_loader(self, seed: int) -> TensorLoader:
+        """Shuffled, augmented training batches from a stream of their own (not the training order)."""
+        mean, std = self.data.channel_stats()
+        return TensorLoader(self.data.train_x, self.data.train_y, self.train.batch_size, mean=mean, std=std,
+                            train=True, pad=self.data.pad, flip=self.data.flip, seed=seed + 7919,
+                            device=self.device, rank=self.rank, world_size=self.world_size,
+                            channels_last=self.train.channels_last)
+
+
+def make_env(cfg) -> Env:
+    import torch.distributed as dist
+
+    device = resolve_device(cfg.device)
+    rank, world = 0, 1
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
+    mean, std = data.channel_stats()
+    common = dict(mean=mean, std=std, device=device, rank=rank, world_size=world, channels_last=cfg.channels_last)
+    train = TensorLoader(data.train_x, data.train_y, cfg.batch_size, train=True, pad=data.pad, flip=data.flip,
+                         seed=cfg.seed, **common)
+    test = TensorLoader(data.test_x, data.test_y, max(cfg.batch_size, 256), train=False, **common)
+    return Env(device, data, train, test, rank, world)
+
+
+def optim_spec(cfg, lr: float | None = None) -> OptimSpec:
+    return OptimSpec(optimizer=cfg.optimizer, lr=cfg.lr if lr is None else lr, momentum=cfg.momentum,
+                     nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
+                     grad_clip=cfg.grad_clip)
+
+
+def prepare_out(cfg, command: str, is_main: bool = True) -> Path:
+    """Check ``--out`` and write ``config.yaml``; refuse to mix two different runs in one folder."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    saved = out / "config.yaml"
+    resolved = {"command": command, "kdprune_version": __version__, **to_dict(cfg)}
+    if saved.is_file():
+        if not cfg.resume:
+            raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        import yaml
+
+        old = yaml.safe_load(saved.read_text()) or {}
+        for k, v in resolved.items():
+            if k not in _RESUMABLE_KEYS and k != "kdprune_version" and old.get(k) != v:
+                raise UserError(f"cannot resume {out}: {k} was {old.get(k)!r}, now {v!r}")
+        return out
+    if not is_main:
+        return out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
+    write_yaml(saved, resolved)
+    return out
+
+
+def is_finished(stage_dir: Path) -> bool:
+    return (stage_dir / "metrics.json").is_file()
+
+
+def run_training_stage(
+    stage_dir: Path,
+    model: nn.Module,
+    objective: Objective,
+    optim: OptimSpec,
+    epochs: int,
+    env: Env,
+    cfg,
+    *,
+    desc: str,
+    teacher: nn.Module | None = None,
+    masks: MaskSet | None = None,
+    callbacks: list[Callback] | tuple = (),
+    extra: dict | None = None,
+) -> dict:
+    """Train ``model`` in ``stage_dir`` (or load it if that stage finished); returns the stage metrics."""
+    plain = unwrap(model)
+    if is_finished(stage_dir):
+        plain.load_state_dict(read_state_dict(stage_dir / "model.safetensors"))
+        if masks is not None:
+            masks.bind(model).apply_()
+        return read_json(stage_dir / "metrics.json")
+    trainer = Trainer(model, objective, optim, epochs, env.train, env.test, teacher=teacher, masks=masks,
+                      out_dir=stage_dir, amp=cfg.amp, compile=cfg.compile, progress=cfg.progress, desc=desc,
+                      callbacks=callbacks, is_main=env.is_main)
+    result = trainer.fit(resume=True)
+    history = result.pop("history")
+    metrics = {
+        "top1": result["test_top1"],
+        "test_loss": result["test_loss"],
+        "epochs": epochs,
+        "objective": objective.name,
+        "wall_seconds": sum(h["seconds"] for h in history),
+        "images_fwd_bwd": trainer.images_seen,
+        "teacher_forwards": trainer.teacher_forwards,
+        "history": history,
+        **(extra or {}),
+    }
+    if masks is not None:
+        metrics["sparsity"] = sparsity_report(plain, list(masks.masks))
+    if env.is_main:
+        save_tensors(stage_dir / "model.safetensors", plain.state_dict(), {"format": "kdprune-model-v1"})
+        if masks is not None:
+            masks.save(stage_dir / "masks.safetensors")
+        write_json(stage_dir / "metrics.json", metrics)
+        for name in ("checkpoint.pt", "checkpoint.pt.sha256"):
+            if (stage_dir / name).exists():
+                os.remove(stage_dir / name)
+    return metrics

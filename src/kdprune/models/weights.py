@@ -1,0 +1,55 @@
+"""Loading weights into a registered architecture, with one clear error when they do not fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from kdprune.errors import UserError
+from kdprune.io import load_tensors
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A plain state_dict from ``model.safetensors``, a kdprune ``checkpoint.pt``, a ``.pt``/``.pth``
+    state_dict, or a run folder (its ``model.safetensors``)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    if not p.is_file():
+        raise UserError(f"checkpoint not found: {p}")
+    if p.suffix == ".safetensors":
+        return load_tensors(p)
+    from kdprune.train.checkpoint import load_checkpoint
+
+    obj = load_checkpoint(p)
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise UserError(f"{p} holds no state_dict of tensors")
+    # Accept checkpoints saved from DDP or torch.compile wrappers.
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
+
+
+def load_weights(model: nn.Module, path: str | Path, arch: str, num_classes: int) -> nn.Module:
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    what = f"checkpoint {path} does not match {arch} with {num_classes} classes"
+    if missing or unexpected:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise UserError(f"{what}: {', '.join(detail)}")
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise UserError(f"{what}: {k} has shape {tuple(state[k].shape)} in the checkpoint, "
+                            f"{tuple(v.shape)} in the model")
+    model.load_state_dict(state)
+    return model

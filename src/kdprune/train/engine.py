@@ -1,0 +1,294 @@
+"""The training engine: one small loop for dense training, distillation and masked retraining.
+
+Per step: forward (teacher under ``inference_mode`` when the objective needs it), loss, backward,
+``masks.mask_grads_()``, optional gradient clipping, ``optimizer.step()``, ``masks.apply_()``, scheduler
+step. AMP (bf16 where supported, else fp16 with a grad scaler) on CUDA; ``channels_last`` and
+``torch.compile`` optional. Running loss and accuracy stay on the device (no host sync per step).
+After each epoch: evaluation, an atomic checkpoint (model, optimizer, scheduler, scaler, masks,
+history) and ``metrics.jsonl``. ``fit(resume=True)`` continues from the last checkpoint; because the
+loader's order and augmentation depend only on ``(seed, epoch)``, a resumed run on the CPU reproduces the
+uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from kdprune.errors import UserError
+from kdprune.io import write_text
+from kdprune.losses import Objective
+from kdprune.pruning.masks import MaskSet
+from kdprune.pruning.prunable import unwrap
+from kdprune.train.checkpoint import load_checkpoint, save_checkpoint
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class OptimSpec:
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | multistep | constant
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of training
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    grad_clip: float | None = None
+
+
+def make_optimizer(params, spec: OptimSpec) -> torch.optim.Optimizer:
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
+                               nesterov=spec.nesterov and spec.momentum > 0, weight_decay=spec.weight_decay)
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    raise UserError(f"unknown optimizer {spec.optimizer!r}; choose sgd or adamw")
+
+
+def make_scheduler(opt: torch.optim.Optimizer, spec: OptimSpec, steps_per_epoch: int, epochs: int):
+    total = max(1, steps_per_epoch * epochs)
+    warm = spec.warmup_epochs * steps_per_epoch
+    if spec.schedule not in ("cosine", "multistep", "constant"):
+        raise UserError(f"unknown schedule {spec.schedule!r}; choose cosine, multistep or constant")
+    marks = sorted(int(round(m * total)) for m in spec.milestones)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if spec.schedule == "cosine":
+            t = (step - warm) / max(1, total - warm)
+            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        if spec.schedule == "multistep":
+            return spec.gamma ** sum(step >= m for m in marks)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _autocast(device: torch.device, amp: bool):
+    if not amp or device.type != "cuda":
+        return nullcontext(), None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, amp: bool = False) -> dict:
+    """Top-1 accuracy (percent) and mean cross-entropy of ``model`` on ``loader``."""
+    was = model.training
+    model.eval()
+    device = loader.device
+    ctx, _ = _autocast(device, amp)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    loss_sum = torch.zeros((), device=device)
+    n = 0
+    with torch.inference_mode():
+        for x, y in loader:
+            with ctx:
+                logits = model(x)
+            loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+            n += y.numel()
+    model.train(was)
+    correct_t, loss_t, n_t = _reduce_sums(correct.float(), loss_sum, n, device)
+    return {"top1": 100.0 * correct_t / max(n_t, 1), "loss": loss_t / max(n_t, 1)}
+
+
+def _reduce_sums(a: torch.Tensor, b: torch.Tensor, n: int, device) -> tuple[float, float, float]:
+    """Sum (a, b, n) over DDP ranks when running distributed."""
+    import torch.distributed as dist
+
+    t = torch.stack([a.float(), b.float(), torch.tensor(float(n), device=device)])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    a_, b_, n_ = t.tolist()
+    return a_, b_, n_
+
+
+class Callback:
+    """Hook points of the loop; subclass and override what you need."""
+
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, metrics: dict) -> None:
+        pass
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        optim: OptimSpec,
+        epochs: int,
+        train_loader,
+        test_loader,
+        *,
+        teacher: nn.Module | None = None,
+        masks: MaskSet | None = None,
+        out_dir: str | Path | None = None,
+        amp: bool = True,
+        compile: bool = False,
+        progress: bool | None = None,
+        desc: str = "train",
+        callbacks: list[Callback] | tuple = (),
+        is_main: bool = True,
+    ):
+        if objective.needs_teacher and teacher is None:
+            raise ValueError(f"objective {objective.name} needs a teacher")
+        self.model = model  # possibly DDP-wrapped; unwrap(model) is the plain module
+        self.objective, self.optim_spec, self.epochs = objective, optim, int(epochs)
+        self.train_loader, self.test_loader = train_loader, test_loader
+        self.device = train_loader.device
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+        self.masks = masks.bind(model) if masks is not None else None
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.amp = amp
+        self.progress = progress
+        self.desc = desc
+        self.callbacks = list(callbacks)
+        self.is_main = is_main
+        self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], optim)
+        self.scheduler = make_scheduler(self.optimizer, optim, len(train_loader), self.epochs)
+        self.autocast, self.scaler = _autocast(self.device, amp)
+        self.step_fn = torch.compile(model) if compile else model
+        self.history: list[dict] = []
+        self.start_epoch = 0
+        self.images_seen = 0
+        self.teacher_forwards = 0
+        if self.masks is not None:
+            self.masks.apply_()
+
+    # ------------------------------------------------------------------------------- checkpointing
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.out_dir / "checkpoint.pt" if self.out_dir else None
+
+    def state_dict(self, epoch: int) -> dict:
+        return {
+            "epoch": epoch,
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "masks": self.masks.state_dict() if self.masks else None,
+            "history": self.history,
+            "counters": {"images_seen": self.images_seen, "teacher_forwards": self.teacher_forwards},
+            "optim_spec": asdict(self.optim_spec),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.masks is not None:
+            saved = state.get("masks")
+            if saved is None or set(saved) != set(self.masks.masks) or any(
+                    not torch.equal(saved[k].bool().cpu(), m.cpu()) for k, m in self.masks.masks.items()):
+                raise UserError(f"the checkpoint in {self.out_dir} was made with other masks; "
+                                f"delete it or use another --out")
+            self.masks.apply_()
+            self.masks.mask_optimizer_state_(self.optimizer)
+        self.history = list(state["history"])
+        self.images_seen = state["counters"]["images_seen"]
+        self.teacher_forwards = state["counters"]["teacher_forwards"]
+        self.start_epoch = int(state["epoch"]) + 1
+
+    def _write_epoch(self, epoch: int) -> None:
+        if not (self.out_dir and self.is_main):
+            return
+        save_checkpoint(self.checkpoint_path, self.state_dict(epoch))
+        import json
+
+        write_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(h, sort_keys=True) + "\n" for h in self.history))
+
+    # ---------------------------------------------------------------------------------------- loop
+    def _bar_disabled(self) -> bool | None:
+        """tqdm's ``disable``: off on non-main ranks, None (auto: only on a TTY) unless forced."""
+        if not self.is_main:
+            return True
+        return None if self.progress is None else not self.progress
+
+    def _train_epoch(self, epoch: int) -> dict:
+        model, opt, masks = self.model, self.optimizer, self.masks
+        model.train()
+        self.train_loader.set_epoch(epoch)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        n = 0
+        bar = tqdm(self.train_loader, desc=f"{self.desc} {epoch + 1}/{self.epochs}", leave=False,
+                   disable=self._bar_disabled(), unit="batch")
+        for x, y in bar:
+            teacher_logits = None
+            if self.objective.needs_teacher:
+                with torch.inference_mode(), self.autocast:
+                    teacher_logits = self.teacher(x)
+                teacher_logits = teacher_logits.clone()
+                self.teacher_forwards += y.numel()
+            with self.autocast:
+                logits = self.step_fn(x)
+                loss = self.objective(logits, y, teacher_logits)
+            opt.zero_grad(set_to_none=True)
+            if self.scaler:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(opt)
+            else:
+                loss.backward()
+            if masks is not None:
+                masks.mask_grads_()
+            if self.optim_spec.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), self.optim_spec.grad_clip)
+            if self.scaler:
+                self.scaler.step(opt)
+                self.scaler.update()
+            else:
+                opt.step()
+            if masks is not None:
+                masks.apply_()
+            self.scheduler.step()
+            loss_sum += loss.detach().float() * y.numel()
+            correct += (logits.detach().argmax(1) == y).sum()
+            n += y.numel()
+        self.images_seen += n
+        correct_t, loss_t, n_t = _reduce_sums(correct.float(), loss_sum, n, self.device)
+        return {"train_loss": loss_t / max(n_t, 1), "train_top1": 100.0 * correct_t / max(n_t, 1)}
+
+    def fit(self, resume: bool = False) -> dict:
+        """Train for the remaining epochs; returns the last epoch's metrics (with the history)."""
+        if resume and self.checkpoint_path and self.checkpoint_path.is_file():
+            self.load_state_dict(load_checkpoint(self.checkpoint_path, map_location=self.device))
+        if self.masks is not None:
+            self.masks.mask_optimizer_state_(self.optimizer)
+        for epoch in range(self.start_epoch, self.epochs):
+            t0 = time.perf_counter()
+            metrics = self._train_epoch(epoch)
+            if not math.isfinite(metrics["train_loss"]):
+                raise TrainingDiverged(
+                    f"{self.desc}: the loss became {metrics['train_loss']} in epoch {epoch + 1}; "
+                    f"the last good checkpoint is kept (lower --lr or set --grad-clip)")
+            metrics.update({f"test_{k}": v for k, v in evaluate(self.model, self.test_loader, self.amp).items()})
+            metrics.update({"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
+                            "seconds": time.perf_counter() - t0})
+            self.history.append(metrics)
+            self._write_epoch(epoch)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, epoch, metrics)
+        if not self.history:  # zero epochs: still report where the model stands
+            m = evaluate(self.model, self.test_loader, self.amp)
+            return {"test_top1": m["top1"], "test_loss": m["loss"], "epoch": 0, "history": []}
+        return {**self.history[-1], "history": self.history}
