@@ -97,3 +97,36 @@ def test_masks_file_round_trip_and_mismatch(tmp_path):
         loaded.bind(create_model("vgg11", 10))
     with pytest.raises(UserError, match="do not match"):
         loaded.bind(create_model("resnet20", 100))
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
+    from kdprune.train import TrainingDiverged
+    from kdprune.train.checkpoint import load_checkpoint
+
+    class NanAfter(CrossEntropy):
+        def __init__(self, good_steps):
+            self.calls, self.good = 0, good_steps
+
+        def __call__(self, logits, targets, teacher_logits=None):
+            self.calls += 1
+            loss = super().__call__(logits, targets)
+            return loss * float("nan") if self.calls > self.good else loss
+
+    train, test = _loaders()  # 5 steps per epoch
+    model, _ = _pruned_model()
+    t = Trainer(model, NanAfter(7), OptimSpec(), 3, train, test, out_dir=tmp_path, progress=False)
+    with pytest.raises(TrainingDiverged, match="epoch 2"):
+        t.fit()
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 0 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_corrupt_checkpoint_is_detected(tmp_path):
+    from kdprune.train.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path / "checkpoint.pt", {"epoch": 1, "w": torch.ones(10)})
+    data = bytearray((tmp_path / "checkpoint.pt").read_bytes())
+    data[-20] ^= 0xFF
+    (tmp_path / "checkpoint.pt").write_bytes(bytes(data))
+    with pytest.raises(UserError, match="checksum mismatch"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
