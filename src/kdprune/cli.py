@@ -37,6 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", metavar="FILE.yaml", default=None,
                         help="YAML file of options (keys as the flags, with - or _); flags override it")
         C.add_arguments(sp, cls)
+    ex = sub.add_parser("export", help="write a pruned model as dense, compressed sparse or ONNX")
+    ex.add_argument("run", metavar="RUN", help="a run folder (holding model.safetensors) or a weights file")
+    ex.add_argument("--format", choices=["dense", "sparse", "onnx"], required=True,
+                    help="dense: plain state_dict; sparse: bitmask/COO + values; onnx: checked by onnxruntime")
+    ex.add_argument("--output", default=None, help="output file (default: next to the weights)")
+    ex.add_argument("--arch", default=None, help="architecture, when RUN does not say")
+    ex.add_argument("--fp16", action="store_true", help="sparse: store values as float16")
+    ex.add_argument("--image-size", type=int, default=None, help="onnx: input height/width, when RUN does not say")
+    ins = sub.add_parser("inspect", help="per-layer and global sparsity, parameters, compression, non-zero MACs")
+    ins.add_argument("run", metavar="RUN_OR_FILE", help="a run folder, model.safetensors or a sparse export")
+    ins.add_argument("--arch", default=None, help="architecture, when the file does not say")
+    ins.add_argument("--image-size", type=int, default=None, help="input size for MACs, when the file does not say")
+    ins.add_argument("--json", action="store_true", help="print the report as JSON")
     sub.add_parser("models", help="list the architectures")
     sub.add_parser("methods", help="list the pruning methods")
     return p
@@ -56,6 +69,23 @@ def _list_methods() -> None:
         print(f"{c.name:16s} {c.description}\n{'':16s} [{c.paper}]")
 
 
+def _deploy(args: argparse.Namespace) -> int:
+    import json
+
+    from kdprune.deploy import exporting
+
+    if args.command == "inspect":
+        r = exporting.inspect(args.run, args.arch, args.image_size)
+        print(json.dumps(r, indent=2) if args.json else exporting.format_inspect(r), end="\n" if args.json else "")
+        return 0
+    r = exporting.export(args.run, args.format, args.output, args.arch, args.fp16, args.image_size)
+    line = f"wrote {r['output']} ({r['bytes']:,} bytes, {r['size_ratio']:.3f} of the dense file)"
+    if "onnx_max_abs_diff" in r:
+        line += f"; ONNX Runtime vs PyTorch max |diff| {r['onnx_max_abs_diff']:.2e}"
+    print(line)
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from kdprune.experiments import config as C
     from kdprune.experiments import pipeline
@@ -66,6 +96,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "methods":
         _list_methods()
         return 0
+    if args.command in ("export", "inspect"):
+        return _deploy(args)
     cls = getattr(C, _COMMANDS[args.command][0])
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     cfg = C.build_config(cls, overrides, args.config)

@@ -86,6 +86,16 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise UserError(f"{path} is not a readable safetensors file ({e})") from None
 
 
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """True when the file starts like a safetensors file (8-byte header length, then a JSON object)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{"
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from kdprune.errors import UserError
-from kdprune.io import load_tensors
+from kdprune.io import is_safetensors, load_tensors
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -19,7 +19,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         p = p / "model.safetensors"
     if not p.is_file():
         raise UserError(f"checkpoint not found: {p}")
-    if p.suffix == ".safetensors":
+    if is_safetensors(p):
         return load_tensors(p)
     from kdprune.train.checkpoint import load_checkpoint
 

@@ -33,4 +33,5 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {e})") from None
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {first})") from None

@@ -1,0 +1,1 @@
+"""Shipping a pruned model: dense / compressed sparse / ONNX export, and inspection."""
