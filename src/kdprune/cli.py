@@ -87,9 +87,6 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from kdprune.experiments import config as C
-    from kdprune.experiments import pipeline
-
     if args.command == "models":
         _list_models()
         return 0
@@ -98,6 +95,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command in ("export", "inspect"):
         return _deploy(args)
+    from kdprune import distributed
+
+    distributed.init_from_env()
+    try:
+        return _run_command(args)
+    finally:
+        distributed.shutdown()
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from kdprune.experiments import config as C
+    from kdprune.experiments import pipeline
+
     cls = getattr(C, _COMMANDS[args.command][0])
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     cfg = C.build_config(cls, overrides, args.config)
@@ -107,10 +117,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         pipeline.prune_checkpoint(cfg)
     else:
         rows = pipeline.run_pipeline(cfg)
+        from kdprune import distributed
         from kdprune.experiments.results import format_table
 
-        print(format_table(rows), end="")
-        print(f"results: {cfg.out}/results.md, {cfg.out}/results.jsonl")
+        if distributed.rank() == 0:
+            print(format_table(rows), end="")
+            print(f"results: {cfg.out}/results.md, {cfg.out}/results.jsonl")
     return 0
 
 

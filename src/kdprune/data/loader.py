@@ -58,7 +58,11 @@ class TensorLoader:
     def num_samples(self) -> int:
         """Samples this rank sees per epoch (before dropping the last batch)."""
         n = len(self.labels)
-        return -(-n // self.world_size) if self.world_size > 1 else n
+        if self.world_size == 1:
+            return n
+        if self.train:
+            return -(-n // self.world_size)
+        return len(range(self.rank, n, self.world_size))
 
     def __len__(self) -> int:
         n = self.num_samples
@@ -77,9 +81,10 @@ class TensorLoader:
         else:
             order = torch.arange(n)
         if self.world_size > 1:
-            total = self.num_samples * self.world_size
-            order = torch.cat([order, order[: total - n]])  # pad like DistributedSampler
-            order = order[self.rank::self.world_size]
+            if self.train:
+                total = self.num_samples * self.world_size
+                order = torch.cat([order, order[: total - n]])  # pad like DistributedSampler
+            order = order[self.rank::self.world_size]  # evaluation: no padding, every image once
         order = order.to(self.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]

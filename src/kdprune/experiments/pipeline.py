@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from kdprune.distributed import all_gather_object, barrier, synced
 from kdprune.errors import UserError
 from kdprune.experiments.config import PruneConfig, RunConfig, TrainConfig, to_dict
 from kdprune.experiments.results import format_table, result_key
@@ -166,7 +167,7 @@ def run_pipeline(cfg: RunConfig, callbacks=()) -> list[dict]:
     # 3. importance scores, once, from the trained student
     params = prunable_parameters(student, cfg.prune_first, cfg.prune_last)
     score_file = out / "scores.safetensors"
-    if score_file.is_file() and (out / "scores.json").is_file():
+    if synced(lambda: score_file.is_file() and (out / "scores.json").is_file()):
         scores = load_tensors(score_file)
         score_info = read_json(out / "scores.json")
     else:
@@ -177,6 +178,7 @@ def run_pipeline(cfg: RunConfig, callbacks=()) -> list[dict]:
         if env.is_main:
             save_tensors(score_file, scores, {"method": cfg.method})
             write_json(out / "scores.json", score_info)
+        barrier()
     student_state = {k: v.clone() for k, v in student.state_dict().items()}
 
     # 4-5. one-shot pruning at each sparsity, then each retraining regime
@@ -187,15 +189,21 @@ def run_pipeline(cfg: RunConfig, callbacks=()) -> list[dict]:
         sdir = _sparsity_dir(out, s)
         masks = _masks(cfg, scores, s)
         pruned_file = sdir / "pruned.json"
-        if pruned_file.is_file():
+        if synced(pruned_file.is_file):
             pruned = read_json(pruned_file)
         else:
             student.load_state_dict(student_state)
             masks.bind(student).apply_()
+            # Every rank must have built the identical mask (scores are averaged across ranks).
+            per_rank = all_gather_object(masks.digest())
+            if len(set(per_rank)) != 1:
+                raise RuntimeError(f"ranks built different masks at sparsity {s}: {per_rank}")
             pruned = {"top1": evaluate(student, env.test, cfg.amp)["top1"],
-                      "achieved_sparsity": sparsity_report(student, list(params))["sparsity"]}
+                      "achieved_sparsity": sparsity_report(student, list(params))["sparsity"],
+                      "mask_sha256_per_rank": per_rank}
             if env.is_main:
                 write_json(pruned_file, pruned)
+            barrier()
         _log(env, f"sparsity {s:g}: one-shot pruned top-1 {pruned['top1']:.2f}% (before retraining)")
         for regime in regimes:
             rdir = sdir / regime

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from kdprune import __version__
+from kdprune import __version__, distributed
 from kdprune.data import ImageDataset, TensorLoader, load_dataset
 from kdprune.errors import UserError
 from kdprune.experiments.config import to_dict
@@ -31,7 +31,9 @@ _RESUMABLE_KEYS = {"resume", "progress", "device"}
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and distributed.is_distributed() and dist_backend_is_nccl():
+        name = f"cuda:{distributed.local_rank()}"
     try:
         dev = torch.device(name)
     except RuntimeError:
@@ -65,19 +67,24 @@ class Env:
                             channels_last=self.train.channels_last)
 
 
-def make_env(cfg) -> Env:
+def dist_backend_is_nccl() -> bool:
     import torch.distributed as dist
 
+    return dist.get_backend() == "nccl"
+
+
+def make_env(cfg) -> Env:
     device = resolve_device(cfg.device)
-    rank, world = 0, 1
-    if dist.is_available() and dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = distributed.rank(), distributed.world_size()
+    if cfg.batch_size % world:
+        raise UserError(f"--batch-size {cfg.batch_size} (the global batch) must divide by the {world} processes")
+    batch = cfg.batch_size // world
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
     mean, std = data.channel_stats()
     common = dict(mean=mean, std=std, device=device, rank=rank, world_size=world, channels_last=cfg.channels_last)
-    train = TensorLoader(data.train_x, data.train_y, cfg.batch_size, train=True, pad=data.pad, flip=data.flip,
+    train = TensorLoader(data.train_x, data.train_y, batch, train=True, pad=data.pad, flip=data.flip,
                          seed=cfg.seed, **common)
-    test = TensorLoader(data.test_x, data.test_y, max(cfg.batch_size, 256), train=False, **common)
+    test = TensorLoader(data.test_x, data.test_y, max(batch, 256), train=False, **common)
     return Env(device, data, train, test, rank, world)
 
 
@@ -94,7 +101,7 @@ def prepare_out(cfg, command: str, is_main: bool = True) -> Path:
         raise UserError(f"--out {out} exists and is not a folder")
     saved = out / "config.yaml"
     resolved = {"command": command, "kdprune_version": __version__, **to_dict(cfg)}
-    if saved.is_file():
+    if distributed.synced(saved.is_file):
         if not cfg.resume:
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         import yaml
@@ -105,6 +112,7 @@ def prepare_out(cfg, command: str, is_main: bool = True) -> Path:
                 raise UserError(f"cannot resume {out}: {k} was {old.get(k)!r}, now {v!r}")
         return out
     if not is_main:
+        distributed.barrier()  # wait for rank 0 to create the folder
         return out
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -114,6 +122,7 @@ def prepare_out(cfg, command: str, is_main: bool = True) -> Path:
     except OSError as e:
         raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
     write_yaml(saved, resolved)
+    distributed.barrier()
     return out
 
 
@@ -138,7 +147,7 @@ def run_training_stage(
 ) -> dict:
     """Train ``model`` in ``stage_dir`` (or load it if that stage finished); returns the stage metrics."""
     plain = unwrap(model)
-    if is_finished(stage_dir):
+    if distributed.synced(lambda: is_finished(stage_dir)):
         plain.load_state_dict(read_state_dict(stage_dir / "model.safetensors"))
         if masks is not None:
             masks.bind(model).apply_()
@@ -169,4 +178,5 @@ def run_training_stage(
         for name in ("checkpoint.pt", "checkpoint.pt.sha256"):
             if (stage_dir / name).exists():
                 os.remove(stage_dir / name)
+    distributed.barrier()
     return metrics

@@ -14,8 +14,9 @@ mode so BatchNorm uses its running statistics, the teacher frozen), for every pr
 
 ``B`` is ``--score-batches`` (default: one epoch, at most 100 batches). The absolute value is taken per
 batch: a trained student's full-data gradient is close to zero, so ``|w * sum_b g_b|`` would mostly
-measure noise, while per-batch first-order saliencies do not cancel. Under DDP the sums are all-reduced,
-so every rank builds the identical mask.
+measure noise, while per-batch first-order saliencies do not cancel. Under DDP each batch's gradient is
+first averaged over the ranks (as DDP does in training), so every rank holds the same scores, equal to
+those of one process with the same global batch, and builds the identical mask.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
-import torch.distributed as dist
+from kdprune.distributed import average_
 import torch.nn as nn
 
 from kdprune.errors import UserError
@@ -65,13 +66,6 @@ _FORMS = {
 }
 
 
-def _all_reduce(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        for s in scores.values():
-            dist.all_reduce(s, op=dist.ReduceOp.SUM)
-    return scores
-
-
 def loss_gradient_scores(model: nn.Module, params: dict[str, nn.Parameter], batches: Iterable,
                          objective: Objective, *, teacher: nn.Module | None = None, form: str = "taylor",
                          num_batches: int | None = None, **kw) -> dict[str, torch.Tensor]:
@@ -93,7 +87,8 @@ def loss_gradient_scores(model: nn.Module, params: dict[str, nn.Parameter], batc
                 teacher_logits = teacher(x)
             teacher_logits = teacher_logits.clone()
         loss = objective(model(x), y, teacher_logits)
-        grads = torch.autograd.grad(loss, tensors)
+        grads = [g.float() for g in torch.autograd.grad(loss, tensors)]
+        average_(grads)
         with torch.no_grad():
             for n, p, g in zip(names, tensors, grads):
                 scores[n] += fn(p.detach().float(), g.float())
@@ -101,7 +96,7 @@ def loss_gradient_scores(model: nn.Module, params: dict[str, nn.Parameter], batc
     model.train(was_training)
     if seen == 0:
         raise UserError("no batches to score on (is the training set empty?)")
-    return _all_reduce(scores)
+    return scores
 
 
 def _teacher_guided(model, params, batches, *, objective=None, teacher=None, form="taylor",

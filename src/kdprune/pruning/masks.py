@@ -73,6 +73,16 @@ class MaskSet:
         total = sum(m.numel() for m in self.masks.values())
         return sum(int(m.sum()) for m in self.masks.values()) / max(total, 1)
 
+    def digest(self) -> str:
+        """SHA-256 of the masks (names, shapes, bits): equal digests mean identical masks."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for k, m in self.masks.items():
+            h.update(f"{k}{tuple(m.shape)}".encode())
+            h.update(m.cpu().to(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
     def save(self, path: str | Path) -> None:
         save_tensors(path, {k: m.to(torch.uint8) for k, m in self.masks.items()}, {"format": "kdprune-masks-v1"})
 

@@ -147,6 +147,11 @@ class Trainer:
     ):
         if objective.needs_teacher and teacher is None:
             raise ValueError(f"objective {objective.name} needs a teacher")
+        from kdprune import distributed
+
+        if distributed.is_distributed() and not isinstance(model, nn.parallel.DistributedDataParallel):
+            ids = [self.device_index(train_loader.device)] if train_loader.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.model = model  # possibly DDP-wrapped; unwrap(model) is the plain module
         self.objective, self.optim_spec, self.epochs = objective, optim, int(epochs)
         self.train_loader, self.test_loader = train_loader, test_loader
@@ -171,6 +176,10 @@ class Trainer:
         self.teacher_forwards = 0
         if self.masks is not None:
             self.masks.apply_()
+
+    @staticmethod
+    def device_index(device: torch.device) -> int:
+        return device.index if device.index is not None else torch.cuda.current_device()
 
     # ------------------------------------------------------------------------------- checkpointing
     @property
@@ -210,12 +219,15 @@ class Trainer:
         self.start_epoch = int(state["epoch"]) + 1
 
     def _write_epoch(self, epoch: int) -> None:
-        if not (self.out_dir and self.is_main):
-            return
-        save_checkpoint(self.checkpoint_path, self.state_dict(epoch))
         import json
 
-        write_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(h, sort_keys=True) + "\n" for h in self.history))
+        from kdprune.distributed import barrier
+
+        if self.out_dir and self.is_main:
+            save_checkpoint(self.checkpoint_path, self.state_dict(epoch))
+            write_text(self.out_dir / "metrics.jsonl",
+                       "".join(json.dumps(h, sort_keys=True) + "\n" for h in self.history))
+        barrier()
 
     # ---------------------------------------------------------------------------------------- loop
     def _bar_disabled(self) -> bool | None:
@@ -270,7 +282,9 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> dict:
         """Train for the remaining epochs; returns the last epoch's metrics (with the history)."""
-        if resume and self.checkpoint_path and self.checkpoint_path.is_file():
+        from kdprune.distributed import synced_exists
+
+        if resume and self.checkpoint_path and synced_exists(self.checkpoint_path):
             self.load_state_dict(load_checkpoint(self.checkpoint_path, map_location=self.device))
         if self.masks is not None:
             self.masks.mask_optimizer_state_(self.optimizer)
@@ -281,7 +295,7 @@ class Trainer:
                 raise TrainingDiverged(
                     f"{self.desc}: the loss became {metrics['train_loss']} in epoch {epoch + 1}; "
                     f"the last good checkpoint is kept (lower --lr or set --grad-clip)")
-            metrics.update({f"test_{k}": v for k, v in evaluate(self.model, self.test_loader, self.amp).items()})
+            metrics.update({f"test_{k}": v for k, v in evaluate(unwrap(self.model), self.test_loader, self.amp).items()})
             metrics.update({"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
                             "seconds": time.perf_counter() - t0})
             self.history.append(metrics)
@@ -289,6 +303,6 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_epoch_end(self, epoch, metrics)
         if not self.history:  # zero epochs: still report where the model stands
-            m = evaluate(self.model, self.test_loader, self.amp)
+            m = evaluate(unwrap(self.model), self.test_loader, self.amp)
             return {"test_top1": m["top1"], "test_loss": m["loss"], "epoch": 0, "history": []}
         return {**self.history[-1], "history": self.history}
