@@ -22,6 +22,7 @@ those of one process with the same global batch, and builds the identical mask.
 from __future__ import annotations
 
 import itertools
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -41,6 +42,12 @@ class Criterion:
     needs_data: bool
     needs_teacher: bool
     fn: Callable[..., dict[str, torch.Tensor]]
+    # Iterative criteria (SynFlow) build their mask themselves: masks_fn(model, params, batches, sparsity, scope, **kw)
+    masks_fn: Callable[..., dict[str, torch.Tensor]] | None = None
+
+    @property
+    def iterative(self) -> bool:
+        return self.masks_fn is not None
 
     def score(self, model: nn.Module, params: dict[str, nn.Parameter],
               batches: Iterable | None = None, **kw) -> dict[str, torch.Tensor]:
@@ -48,6 +55,16 @@ class Criterion:
             raise ValueError(f"criterion {self.name} needs data batches")
         scores = self.fn(model, params, batches, **kw)
         return {n: s.detach().float() for n, s in scores.items()}
+
+    def masks_for(self, model: nn.Module, params: dict[str, nn.Parameter], batches: Iterable | None,
+                  sparsity: float, scope: str = "global", **kw) -> dict[str, torch.Tensor]:
+        """Boolean keep-masks at ``sparsity``: threshold the scores, or the criterion's own schedule."""
+        from kdprune.pruning.threshold import global_masks, layerwise_masks
+
+        if self.masks_fn is not None:
+            return self.masks_fn(model, params, batches, sparsity, scope, **kw)
+        fn = global_masks if scope == "global" else layerwise_masks
+        return fn(self.score(model, params, batches, **kw), sparsity)
 
 
 def _magnitude(model, params, batches, **kw):
@@ -107,6 +124,101 @@ def _teacher_guided(model, params, batches, *, objective=None, teacher=None, for
                                 num_batches=num_batches)
 
 
+@contextmanager
+def _batch_statistics(model: nn.Module):
+    """Train mode (BatchNorm on batch statistics) without changing the model's running statistics."""
+    saved = {k: v.clone() for k, v in model.named_buffers()}
+    was = model.training
+    model.train()
+    try:
+        yield
+    finally:
+        model.train(was)
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(saved[k])
+
+
+def _snip(model, params, batches, *, num_batches=None, **kw):
+    """SNIP (Lee et al., ICLR 2019, Eq. 6): connection sensitivity ``|w * dL/dw|`` of the cross-entropy,
+    with the gradient summed over ``num_batches`` batches (the paper uses one) and BatchNorm on batch
+    statistics (the network is at initialisation, its running statistics mean nothing yet)."""
+    tensors = list(params.values())
+    g = [torch.zeros_like(p, dtype=torch.float32) for p in tensors]
+    with _batch_statistics(model):
+        for x, y in itertools.islice(batches, num_batches):
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+            for acc, gi in zip(g, torch.autograd.grad(loss, tensors)):
+                acc += gi.float()
+    average_(g)
+    return {n: (p.detach().float() * gi).abs() for (n, p), gi in zip(params.items(), g)}
+
+
+def _grasp(model, params, batches, *, num_batches=None, grasp_temperature: float = 200.0, **kw):
+    """GraSP (Wang et al., ICLR 2020, Eq. 8): ``S(-w) = -w * (H g)``, where ``g`` is the gradient of the
+    cross-entropy of logits divided by ``grasp_temperature`` (200, as in the authors' code), summed over
+    the batches, and ``H g`` is the Hessian-vector product over the same batches. GraSP removes the
+    weights with the *largest* ``-w * Hg``, so the keep-score returned here is ``w * Hg``."""
+    tensors = list(params.values())
+    data = list(itertools.islice(batches, num_batches))
+    g = [torch.zeros_like(p, dtype=torch.float32) for p in tensors]
+    hg = [torch.zeros_like(p, dtype=torch.float32) for p in tensors]
+    with _batch_statistics(model):
+        for x, y in data:
+            loss = nn.functional.cross_entropy(model(x).float() / grasp_temperature, y)
+            for acc, gi in zip(g, torch.autograd.grad(loss, tensors)):
+                acc += gi.float()
+        average_(g)
+        for x, y in data:
+            loss = nn.functional.cross_entropy(model(x).float() / grasp_temperature, y)
+            grads = torch.autograd.grad(loss, tensors, create_graph=True)
+            z = sum((gi * gd.detach()).sum() for gi, gd in zip(grads, g))
+            for acc, h in zip(hg, torch.autograd.grad(z, tensors)):
+                acc += h.float()
+    average_(hg)
+    return {n: p.detach().float() * h for (n, p), h in zip(params.items(), hg)}
+
+
+def _synflow_scores(model, params, batches=None, *, input_shape, masks=None, **kw):
+    """SynFlow (Tanaka et al., NeurIPS 2020, Eq. 2 and Algorithm 1): on a float64 copy of the model with
+    every parameter and buffer replaced by its absolute value, in eval mode, ``R = 1^T f(1)`` for an
+    all-ones input; the score is ``|w * dR/dw|``. No data is used."""
+    import copy
+
+    net = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        for t in itertools.chain(net.parameters(), net.buffers()):
+            if t.is_floating_point():
+                t.abs_()
+    net_params = dict(net.named_parameters())
+    tensors = [net_params[n] for n in params]
+    if masks is not None:
+        with torch.no_grad():
+            for n, t in zip(params, tensors):
+                t.mul_(masks[n].to(t.dtype))
+    device = next(model.parameters()).device
+    r = net(torch.ones((1, *input_shape), dtype=torch.float64, device=device)).sum()
+    grads = torch.autograd.grad(r, tensors)
+    return {n: (t.detach() * g).abs().float() for n, t, g in zip(params, tensors, grads)}
+
+
+def _synflow_masks(model, params, batches, sparsity, scope, *, input_shape, synflow_iterations: int = 100, **kw):
+    """Iterative SynFlow: ``n`` rounds of scoring and pruning with the exponential schedule of the
+    paper, density after round ``k`` = ``(1 - sparsity) ** (k / n)``; pruned weights score 0, so the
+    masks shrink monotonically and the last round removes exactly the target fraction."""
+    from kdprune.pruning.threshold import global_masks, layerwise_masks
+
+    fn = global_masks if scope == "global" else layerwise_masks
+    masks = None
+    for k in range(1, synflow_iterations + 1):
+        s_k = 1.0 - (1.0 - sparsity) ** (k / synflow_iterations)
+        scores = _synflow_scores(model, params, None, input_shape=input_shape, masks=masks)
+        if masks is not None:  # keep pruned weights pruned even if a score ties with zero
+            scores = {n: torch.where(masks[n], scores[n], torch.full_like(scores[n], -1.0)) for n in scores}
+        masks = fn(scores, s_k) if s_k > 0 else {n: torch.ones_like(v, dtype=torch.bool) for n, v in scores.items()}
+    return masks
+
+
 CRITERIA: dict[str, Criterion] = {
     "teacher-guided": Criterion(
         "teacher-guided", "gradient saliency of alpha*CA-KLD + (1-alpha)*CE, summed over batches",
@@ -119,6 +231,18 @@ CRITERIA: dict[str, Criterion] = {
         "random", "uniform random scores from the run's seed (a sanity baseline)",
         "Blalock et al., What is the State of Neural Network Pruning?, MLSys 2020",
         needs_data=False, needs_teacher=False, fn=_random),
+    "snip": Criterion(
+        "snip", "connection sensitivity |w * dCE/dw| at initialisation",
+        "Lee et al., SNIP: Single-shot Network Pruning based on Connection Sensitivity, ICLR 2019",
+        needs_data=True, needs_teacher=False, fn=_snip),
+    "grasp": Criterion(
+        "grasp", "gradient-signal preservation -w * (H g) at initialisation",
+        "Wang et al., Picking Winning Tickets Before Training by Preserving Gradient Flow, ICLR 2020",
+        needs_data=True, needs_teacher=False, fn=_grasp),
+    "synflow": Criterion(
+        "synflow", "iterative synaptic flow |w * dR/dw|, data-free, 100 rounds, exponential schedule",
+        "Tanaka et al., Pruning neural networks without any data by iteratively conserving synaptic flow, NeurIPS 2020",
+        needs_data=False, needs_teacher=False, fn=_synflow_scores, masks_fn=_synflow_masks),
 }
 
 
