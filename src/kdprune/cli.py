@@ -63,10 +63,10 @@ def _list_models() -> None:
 
 
 def _list_methods() -> None:
-    from kdprune.pruning.criteria import CRITERIA
+    from kdprune.methods import METHODS
 
-    for c in CRITERIA.values():
-        print(f"{c.name:16s} {c.description}\n{'':16s} [{c.paper}]")
+    for m in METHODS.values():
+        print(f"{m.name:16s} ({m.recipe}) {m.description}\n{'':16s} [{m.paper}]")
 
 
 def _deploy(args: argparse.Namespace) -> int:

@@ -70,7 +70,7 @@ class DistillConfig:
 
 @dataclass
 class PruneOptions:
-    method: str = _f("teacher-guided", "pruning criterion (see `kdprune methods`)")
+    method: str = _f("teacher-guided", "pruning method (`kdprune methods`; `prune` takes its criterion)")
     scope: str = _f("global", "global (one threshold over all layers) | layerwise")
     score_batches: int | None = _f(None, "batches summed for gradient scores (default: one epoch, at most 100)")
     score_form: str = _f("taylor", "gradient score: taylor |w*g| | grad |g| | taylor2 (w*g)^2")
@@ -79,7 +79,13 @@ class PruneOptions:
 
 
 @dataclass
-class PruneConfig(CommonConfig, DistillConfig, PruneOptions):
+class CriterionOptions:
+    synflow_iterations: int = _f(100, "SynFlow: pruning rounds (exponential schedule)")
+    grasp_temperature: float = _f(200.0, "GraSP: logits are divided by this before the loss")
+
+
+@dataclass
+class PruneConfig(CommonConfig, DistillConfig, CriterionOptions, PruneOptions):
     """``kdprune prune``: one-shot pruning of an existing checkpoint, no retraining."""
 
     checkpoint: str | None = _f(None, "model to prune: model.safetensors, checkpoint.pt, a .pt state_dict or a run folder")
@@ -91,7 +97,15 @@ class PruneConfig(CommonConfig, DistillConfig, PruneOptions):
 
 
 @dataclass
-class RunConfig(CommonConfig, DistillConfig, PruneOptions):
+class IMPOptions:
+    rate: float = _f(0.2, "IMP: fraction of the remaining weights pruned per round")
+    rounds: int | None = _f(None, "IMP: rounds to reach the highest sparsity (sets the rate; default: from --rate)")
+    rewind_epoch: int = _f(1, "IMP: rewind surviving weights to this epoch of dense training (0 = init, as in LTH)")
+    imp_reinit: bool = _f(False, "IMP control: random re-initialisation instead of rewinding")
+
+
+@dataclass
+class RunConfig(CommonConfig, DistillConfig, CriterionOptions, IMPOptions, PruneOptions):
     """``kdprune run``: teacher -> KD student -> one-shot pruning at each sparsity -> retraining."""
 
     arch: str = _f("resnet20", "student architecture")
@@ -208,8 +222,20 @@ def _validate_names_and_files(cfg) -> None:
     for k in ("arch", "teacher_arch"):
         if hasattr(cfg, k):
             model_info(getattr(cfg, k))
-    if hasattr(cfg, "method"):
+    if hasattr(cfg, "rate"):  # RunConfig: a method; PruneConfig: a criterion
+        from kdprune.methods import get_method
+
+        get_method(cfg.method)
+        if not 0.0 < cfg.rate < 1.0:
+            raise UserError(f"rate: must lie strictly between 0 and 1, got {cfg.rate}")
+        if cfg.rounds is not None and cfg.rounds <= 0:
+            raise UserError(f"rounds: must be positive, got {cfg.rounds}")
+        if cfg.rewind_epoch < 0 or cfg.rewind_epoch > cfg.student_epochs:
+            raise UserError(f"rewind_epoch: must lie in [0, student_epochs={cfg.student_epochs}], got {cfg.rewind_epoch}")
+    elif hasattr(cfg, "method"):
         get_criterion(cfg.method)
+    if getattr(cfg, "synflow_iterations", 1) <= 0:
+        raise UserError(f"synflow_iterations: must be positive, got {cfg.synflow_iterations}")
     for k in ("checkpoint", "teacher_checkpoint", "student_checkpoint"):
         path = getattr(cfg, k, None)
         if path and not Path(path).exists():

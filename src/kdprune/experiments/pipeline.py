@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ from kdprune.experiments.stages import (
 )
 from kdprune.io import append_jsonl, load_tensors, read_json, read_jsonl, save_tensors, write_json, write_text, write_yaml
 from kdprune.losses import CrossEntropy, Distillation
+from kdprune.methods import get_method
 from kdprune.models import create_model
 from kdprune.models.weights import load_weights
 from kdprune.pruning.criteria import get_criterion
@@ -71,19 +73,6 @@ def train_dense(cfg: TrainConfig, callbacks=()) -> dict:
 
 # ------------------------------------------------------------------------------------------ scoring
 
-def _scores(cfg, env: Env, student, teacher, params) -> tuple[dict[str, torch.Tensor], float]:
-    crit = get_criterion(cfg.method)
-    batches = None
-    if crit.needs_data:
-        loader = env.score_loader(cfg.seed)
-        batches = iter(loader)
-    n_batches = cfg.score_batches or min(len(env.train), 100)
-    t0 = time.perf_counter()
-    scores = crit.score(student, params, batches, objective=_distillation(cfg), teacher=teacher,
-                        seed=cfg.seed, form=cfg.score_form, num_batches=n_batches)
-    return scores, time.perf_counter() - t0
-
-
 def _masks(cfg, scores, sparsity: float) -> MaskSet:
     fn = global_masks if cfg.scope == "global" else layerwise_masks
     return MaskSet(fn(scores, sparsity))
@@ -107,8 +96,15 @@ def prune_checkpoint(cfg: PruneConfig) -> dict:
     out = prepare_out(cfg, "prune", env.is_main)
     dense_top1 = evaluate(model, env.test, cfg.amp)["top1"]
     params = prunable_parameters(model, cfg.prune_first, cfg.prune_last)
-    scores, score_s = _scores(cfg, env, model, teacher, params)
-    masks = _masks(cfg, scores, cfg.sparsity).bind(model)
+    d = env.data
+    t0 = time.perf_counter()
+    keep = crit.masks_for(model, params, iter(env.score_loader(cfg.seed)) if crit.needs_data else None,
+                          cfg.sparsity, cfg.scope, objective=_distillation(cfg), teacher=teacher, seed=cfg.seed,
+                          form=cfg.score_form, num_batches=_score_batches(cfg, env),
+                          input_shape=(d.in_channels, d.image_size, d.image_size),
+                          synflow_iterations=cfg.synflow_iterations, grasp_temperature=cfg.grasp_temperature)
+    score_s = time.perf_counter() - t0
+    masks = MaskSet(keep).bind(model)
     masks.apply_()
     top1 = evaluate(model, env.test, cfg.amp)["top1"]
     report = sparsity_report(model, list(params))
@@ -130,117 +126,251 @@ def _sparsity_dir(out: Path, s: float) -> Path:
     return out / f"sparsity-{s:g}"
 
 
-def run_pipeline(cfg: RunConfig, callbacks=()) -> list[dict]:
-    """The whole method: teacher, KD student, one-shot pruning at every sparsity, retraining."""
-    crit = get_criterion(cfg.method)
-    t_start = time.perf_counter()
-    env = make_env(cfg)
-    nc = env.data.num_classes
-    regimes = ["plain", "kd"] if cfg.retrain == "both" else [cfg.retrain]
-    # Given checkpoints are checked before anything is written.
-    teacher = _model(cfg.teacher_arch, env, cfg.seed)
-    if cfg.teacher_checkpoint:
-        load_weights(teacher, cfg.teacher_checkpoint, cfg.teacher_arch, nc)
-    student = _model(cfg.arch, env, cfg.seed + 1)
-    if cfg.student_checkpoint:
-        load_weights(student, cfg.student_checkpoint, cfg.arch, nc)
-    out = prepare_out(cfg, "run", env.is_main)
+_COST_KEYS = ("epochs", "images_fwd_bwd", "teacher_forwards", "wall_seconds")
 
-    # 1. teacher
-    if cfg.teacher_checkpoint:
-        t_metrics = {"top1": evaluate(teacher, env.test, cfg.amp)["top1"], "epochs": 0, "wall_seconds": 0.0,
-                     "images_fwd_bwd": 0, "teacher_forwards": 0}
-    else:
-        t_metrics = run_training_stage(out / "teacher", teacher, CrossEntropy(), optim_spec(cfg),
+
+def _cost(m: dict | None) -> dict:
+    return {k: (m or {}).get(k, 0) for k in _COST_KEYS}
+
+
+def _add(a: dict, b: dict) -> dict:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in _COST_KEYS}
+
+
+@dataclass
+class RunContext:
+    """What every recipe shares: config, data, output folder and the (lazily trained) shared stages."""
+
+    cfg: RunConfig
+    env: Env
+    out: Path
+    callbacks: tuple
+    regimes: list[str]
+    done: set = field(default_factory=set)
+    rows: list[dict] = field(default_factory=list)
+    _teacher: tuple | None = None
+    _kd_student: tuple | None = None
+    _dense_ce: tuple | None = None
+
+    @property
+    def nc(self) -> int:
+        return self.env.data.num_classes
+
+    def model(self, arch: str | None = None, seed_offset: int = 1) -> torch.nn.Module:
+        return _model(arch or self.cfg.arch, self.env, self.cfg.seed + seed_offset)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        d = self.env.data
+        return (d.in_channels, d.image_size, d.image_size)
+
+    def teacher(self) -> tuple[torch.nn.Module, dict]:
+        """The teacher (loaded or trained once) and its metrics."""
+        if self._teacher is None:
+            cfg, env = self.cfg, self.env
+            teacher = _model(cfg.teacher_arch, env, cfg.seed)
+            if cfg.teacher_checkpoint:
+                load_weights(teacher, cfg.teacher_checkpoint, cfg.teacher_arch, self.nc)
+                m = {"top1": evaluate(teacher, env.test, cfg.amp)["top1"], **_cost(None)}
+            else:
+                m = run_training_stage(self.out / "teacher", teacher, CrossEntropy(), optim_spec(cfg),
                                        cfg.teacher_epochs, env, cfg, desc=f"teacher {cfg.teacher_arch}",
-                                       callbacks=callbacks, extra={"arch": cfg.teacher_arch})
-    teacher.eval().requires_grad_(False)
-    _log(env, f"teacher {cfg.teacher_arch}: top-1 {t_metrics['top1']:.2f}%")
+                                       callbacks=self.callbacks, extra={"arch": cfg.teacher_arch})
+            teacher.eval().requires_grad_(False)
+            _log(env, f"teacher {cfg.teacher_arch}: top-1 {m['top1']:.2f}%")
+            self._teacher = (teacher, m)
+        return self._teacher
 
-    # 2. student trained under the teacher with L_total
-    s_metrics = run_training_stage(out / "student", student, _distillation(cfg), optim_spec(cfg),
-                                   cfg.student_epochs, env, cfg, desc=f"student {cfg.arch} (KD)",
-                                   teacher=teacher, callbacks=callbacks, extra={"arch": cfg.arch})
-    dense_top1 = s_metrics["top1"]
-    _log(env, f"student {cfg.arch} ({cfg.kd_loss}, alpha={cfg.alpha}, T={cfg.temperature}): top-1 {dense_top1:.2f}%")
+    def kd_student(self) -> tuple[torch.nn.Module, dict]:
+        """The dense student trained under the teacher with L_total (the paper's step 2)."""
+        if self._kd_student is None:
+            cfg = self.cfg
+            teacher, _ = self.teacher()
+            student = self.model()
+            if cfg.student_checkpoint:
+                load_weights(student, cfg.student_checkpoint, cfg.arch, self.nc)
+            m = run_training_stage(self.out / "student", student, _distillation(cfg), optim_spec(cfg),
+                                   cfg.student_epochs, self.env, cfg, desc=f"student {cfg.arch} (KD)",
+                                   teacher=teacher, callbacks=self.callbacks, extra={"arch": cfg.arch})
+            _log(self.env, f"student {cfg.arch} ({cfg.kd_loss}, alpha={cfg.alpha}, T={cfg.temperature}): "
+                           f"top-1 {m['top1']:.2f}%")
+            self._kd_student = (student, m)
+        return self._kd_student
 
-    # 3. importance scores, once, from the trained student
+    def dense_ce(self, callbacks=()) -> tuple[torch.nn.Module, dict]:
+        """A dense student trained with plain CE from the same initialisation (IMP's round 0)."""
+        if self._dense_ce is None:
+            cfg = self.cfg
+            student = self.model()
+            m = run_training_stage(self.out / "dense-ce", student, CrossEntropy(), optim_spec(cfg),
+                                   cfg.student_epochs, self.env, cfg, desc=f"dense {cfg.arch} (CE)",
+                                   callbacks=(*self.callbacks, *callbacks), extra={"arch": cfg.arch})
+            _log(self.env, f"dense {cfg.arch} (CE): top-1 {m['top1']:.2f}%")
+            self._dense_ce = (student, m)
+        return self._dense_ce
+
+    def objective(self, regime: str):
+        return _distillation(self.cfg) if regime == "kd" else CrossEntropy()
+
+    def teacher_for(self, regime: str):
+        return self.teacher()[0] if regime == "kd" else None
+
+    def pruned_top1(self, sdir: Path, model: torch.nn.Module, masks: MaskSet, params: list[str],
+                    name: str = "pruned.json") -> dict:
+        """Top-1 of ``model`` with ``masks`` applied, before any training; every rank must agree on the mask."""
+        f = sdir / name
+        if synced(f.is_file):
+            return read_json(f)
+        masks.bind(model).apply_()
+        per_rank = all_gather_object(masks.digest())
+        if len(set(per_rank)) != 1:
+            raise RuntimeError(f"ranks built different masks in {sdir}: {per_rank}")
+        r = {"top1": evaluate(model, self.env.test, self.cfg.amp)["top1"],
+             "achieved_sparsity": sparsity_report(model, params)["sparsity"], "mask_sha256_per_rank": per_rank}
+        if self.env.is_main:
+            write_json(f, r)
+        barrier()
+        return r
+
+    def record(self, s: float, regime: str, m: dict, pruned: dict, dense_top1: float, teacher_top1, cost: dict,
+               scoring_batches: int, rdir: Path) -> None:
+        cfg = self.cfg
+        row = {
+            "method": cfg.method, "dataset": cfg.dataset, "arch": cfg.arch, "teacher_arch": cfg.teacher_arch,
+            "target_sparsity": s, "achieved_sparsity": m["sparsity"]["sparsity"], "regime": regime,
+            "top1": m["top1"], "pruned_top1": pruned["top1"], "dense_top1": dense_top1,
+            "teacher_top1": teacher_top1, "seed": cfg.seed, "epochs": m["epochs"],
+            "total_epochs": cost["epochs"], "images_fwd_bwd": cost["images_fwd_bwd"],
+            "teacher_forwards": cost["teacher_forwards"], "scoring_batches": scoring_batches,
+            "wall_seconds": m["wall_seconds"], "total_wall_seconds": cost["wall_seconds"],
+            "nonzero_params": m["sparsity"]["nonzero_params"], "total_params": m["sparsity"]["total_params"],
+            "out": str(rdir),
+        }
+        self.rows.append(row)
+        if self.env.is_main and result_key(row) not in self.done:
+            append_jsonl(self.out / "results.jsonl", row)
+            self.done.add(result_key(row))
+        _log(self.env, f"sparsity {s:g} {regime}: top-1 {m['top1']:.2f}% (dense {dense_top1:.2f}%)")
+
+    def retrain(self, rdir: Path, s: float, regime: str, state: dict, masks: MaskSet, epochs: int, lr: float,
+                desc: str) -> tuple[dict, torch.nn.Module]:
+        """Train a copy of ``state`` under ``masks`` in ``rdir``; returns (metrics, trained model)."""
+        model = self.model(seed_offset=2)
+        model.load_state_dict(state)
+        if self.env.is_main and not is_finished(rdir):
+            write_yaml(rdir / "config.yaml", {**to_dict(self.cfg), "target_sparsity": s, "regime": regime})
+        m = run_training_stage(rdir, model, self.objective(regime), optim_spec(self.cfg, lr), epochs, self.env,
+                               self.cfg, desc=desc, masks=masks, teacher=self.teacher_for(regime),
+                               callbacks=self.callbacks, extra={"target_sparsity": s, "regime": regime})
+        return m, model
+
+
+def _score_batches(cfg, env: Env) -> int:
+    return cfg.score_batches or min(len(env.train), 100)
+
+
+def _criterion_kwargs(ctx: RunContext, teacher) -> dict:
+    cfg = ctx.cfg
+    return dict(objective=_distillation(cfg), teacher=teacher, seed=cfg.seed, form=cfg.score_form,
+                num_batches=_score_batches(cfg, ctx.env), input_shape=ctx.input_shape,
+                synflow_iterations=cfg.synflow_iterations, grasp_temperature=cfg.grasp_temperature)
+
+
+def _post_training(ctx: RunContext) -> None:
+    """The paper's recipe: prune the KD-trained student once, then retrain in each regime."""
+    cfg, env, out = ctx.cfg, ctx.env, ctx.out
+    crit = get_criterion(get_method(cfg.method).criterion)
+    teacher, t_metrics = ctx.teacher()
+    student, s_metrics = ctx.kd_student()
     params = prunable_parameters(student, cfg.prune_first, cfg.prune_last)
     score_file = out / "scores.safetensors"
-    if synced(lambda: score_file.is_file() and (out / "scores.json").is_file()):
-        scores = load_tensors(score_file)
-        score_info = read_json(out / "scores.json")
+    batches = lambda: iter(env.score_loader(cfg.seed)) if crit.needs_data else None  # noqa: E731
+    kwargs = _criterion_kwargs(ctx, teacher if crit.needs_teacher else None)
+    if crit.iterative:
+        scores, score_info = None, {"method": cfg.method, "seconds": 0.0, "batches": 0}
+    elif synced(lambda: score_file.is_file() and (out / "scores.json").is_file()):
+        scores, score_info = load_tensors(score_file), read_json(out / "scores.json")
     else:
-        scores, score_s = _scores(cfg, env, student, teacher if crit.needs_teacher else None, params)
-        n_batches = (cfg.score_batches or min(len(env.train), 100)) if crit.needs_data else 0
-        score_info = {"method": cfg.method, "seconds": score_s, "batches": n_batches,
-                      "images": n_batches * cfg.batch_size * env.world_size}
+        t0 = time.perf_counter()
+        scores = crit.score(student, params, batches(), **kwargs)
+        n_batches = kwargs["num_batches"] if crit.needs_data else 0
+        score_info = {"method": cfg.method, "seconds": time.perf_counter() - t0, "batches": n_batches}
         if env.is_main:
             save_tensors(score_file, scores, {"method": cfg.method})
             write_json(out / "scores.json", score_info)
         barrier()
     student_state = {k: v.clone() for k, v in student.state_dict().items()}
-
-    # 4-5. one-shot pruning at each sparsity, then each retraining regime
-    done = {result_key(r) for r in read_jsonl(out / "results.jsonl")}
-    shared_wall = t_metrics["wall_seconds"] + s_metrics["wall_seconds"] + score_info["seconds"]
-    rows = []
+    shared = _add(_add(_cost(t_metrics), _cost(s_metrics)), {"wall_seconds": score_info["seconds"]})
     for s in cfg.sparsity:
         sdir = _sparsity_dir(out, s)
-        masks = _masks(cfg, scores, s)
-        pruned_file = sdir / "pruned.json"
-        if synced(pruned_file.is_file):
-            pruned = read_json(pruned_file)
+        if scores is None:
+            masks = MaskSet(crit.masks_for(student, params, batches(), s, cfg.scope, **kwargs))
         else:
-            student.load_state_dict(student_state)
-            masks.bind(student).apply_()
-            # Every rank must have built the identical mask (scores are averaged across ranks).
-            per_rank = all_gather_object(masks.digest())
-            if len(set(per_rank)) != 1:
-                raise RuntimeError(f"ranks built different masks at sparsity {s}: {per_rank}")
-            pruned = {"top1": evaluate(student, env.test, cfg.amp)["top1"],
-                      "achieved_sparsity": sparsity_report(student, list(params))["sparsity"],
-                      "mask_sha256_per_rank": per_rank}
-            if env.is_main:
-                write_json(pruned_file, pruned)
-            barrier()
+            masks = _masks(cfg, scores, s)
+        student.load_state_dict(student_state)
+        pruned = ctx.pruned_top1(sdir, student, masks, list(params))
         _log(env, f"sparsity {s:g}: one-shot pruned top-1 {pruned['top1']:.2f}% (before retraining)")
-        for regime in regimes:
+        for regime in ctx.regimes:
             rdir = sdir / regime
-            model = _model(cfg.arch, env, cfg.seed + 2)
-            model.load_state_dict(student_state)
-            objective = _distillation(cfg) if regime == "kd" else CrossEntropy()
-            if env.is_main and not is_finished(rdir):
-                write_yaml(rdir / "config.yaml", {**to_dict(cfg), "target_sparsity": s, "regime": regime})
-            m = run_training_stage(rdir, model, objective, optim_spec(cfg, cfg.retrain_lr), cfg.retrain_epochs,
-                                   env, cfg, desc=f"retrain {s:g} {regime}", masks=masks,
-                                   teacher=teacher if regime == "kd" else None, callbacks=callbacks,
-                                   extra={"target_sparsity": s, "regime": regime})
-            row = {
-                "method": cfg.method, "dataset": cfg.dataset, "arch": cfg.arch, "teacher_arch": cfg.teacher_arch,
-                "target_sparsity": s, "achieved_sparsity": m["sparsity"]["sparsity"], "regime": regime,
-                "top1": m["top1"], "pruned_top1": pruned["top1"], "dense_top1": dense_top1,
-                "teacher_top1": t_metrics["top1"], "seed": cfg.seed, "epochs": cfg.retrain_epochs,
-                "total_epochs": t_metrics["epochs"] + s_metrics["epochs"] + cfg.retrain_epochs,
-                "images_fwd_bwd": t_metrics["images_fwd_bwd"] + s_metrics["images_fwd_bwd"] + m["images_fwd_bwd"],
-                "teacher_forwards": s_metrics["teacher_forwards"] + m["teacher_forwards"],
-                "scoring_batches": score_info["batches"],
-                "wall_seconds": m["wall_seconds"],
-                "total_wall_seconds": shared_wall + m["wall_seconds"],
-                "nonzero_params": m["sparsity"]["nonzero_params"], "total_params": m["sparsity"]["total_params"],
-                "out": str(rdir),
-            }
-            rows.append(row)
-            if env.is_main and result_key(row) not in done:
-                append_jsonl(out / "results.jsonl", row)
-                done.add(result_key(row))
-            _log(env, f"sparsity {s:g} {regime}: top-1 {m['top1']:.2f}% (dense {dense_top1:.2f}%)")
+            m, _ = ctx.retrain(rdir, s, regime, student_state, masks, cfg.retrain_epochs, cfg.retrain_lr,
+                               f"retrain {s:g} {regime}")
+            ctx.record(s, regime, m, pruned, s_metrics["top1"], t_metrics["top1"], _add(shared, _cost(m)),
+                       score_info["batches"], rdir)
 
-    table = format_table(rows)
+
+def _at_init(ctx: RunContext) -> None:
+    """Pruning at initialisation (SNIP, GraSP, SynFlow): score the untrained student, then train it sparse
+    for --student-epochs at --lr. ``dense_top1`` is a dense CE student of the same schedule (a reference,
+    not counted in the method's cost); the teacher is used (and counted) only by the kd regime."""
+    cfg, env, out = ctx.cfg, ctx.env, ctx.out
+    crit = get_criterion(get_method(cfg.method).criterion)
+    _, dense = ctx.dense_ce()
+    for s in cfg.sparsity:
+        sdir = _sparsity_dir(out, s)
+        init = ctx.model()
+        init_state = {k: v.clone() for k, v in init.state_dict().items()}
+        params = prunable_parameters(init, cfg.prune_first, cfg.prune_last)
+        mask_file = sdir / "masks-init.safetensors"
+        if synced(lambda: (sdir / "scoring.json").is_file()):
+            masks, scoring = MaskSet.load(mask_file), read_json(sdir / "scoring.json")
+        else:
+            t0 = time.perf_counter()
+            batches = iter(env.score_loader(cfg.seed)) if crit.needs_data else None
+            masks = MaskSet(crit.masks_for(init, params, batches, s, cfg.scope, **_criterion_kwargs(ctx, None)))
+            scoring = {"seconds": time.perf_counter() - t0,
+                       "batches": _score_batches(cfg, env) if crit.needs_data else 0}
+            if env.is_main:
+                masks.save(mask_file)
+                write_json(sdir / "scoring.json", scoring)
+            barrier()
+        pruned = ctx.pruned_top1(sdir, init, masks, list(params))
+        for regime in ctx.regimes:
+            rdir = sdir / regime
+            m, _ = ctx.retrain(rdir, s, regime, init_state, masks, cfg.student_epochs, cfg.lr, f"sparse {s:g} {regime}")
+            teacher_cost = _cost(ctx.teacher()[1]) if regime == "kd" else _cost(None)
+            teacher_top1 = ctx.teacher()[1]["top1"] if regime == "kd" else None
+            cost = _add(_add(teacher_cost, _cost(m)), {"wall_seconds": scoring["seconds"]})
+            ctx.record(s, regime, m, pruned, dense["top1"], teacher_top1, cost, scoring["batches"], rdir)
+
+
+def run_pipeline(cfg: RunConfig, callbacks=()) -> list[dict]:
+    """Run ``cfg.method``'s recipe at every sparsity and regime; returns the result rows."""
+    from kdprune.methods.imp import run_imp
+
+    method = get_method(cfg.method)
+    t_start = time.perf_counter()
+    env = make_env(cfg)
+    # Given checkpoints are checked before anything is written.
+    for path, arch in ((cfg.teacher_checkpoint, cfg.teacher_arch), (cfg.student_checkpoint, cfg.arch)):
+        if path:
+            load_weights(_model(arch, env, cfg.seed), path, arch, env.data.num_classes)
+    out = prepare_out(cfg, "run", env.is_main)
+    ctx = RunContext(cfg, env, out, tuple(callbacks), ["plain", "kd"] if cfg.retrain == "both" else [cfg.retrain])
+    ctx.done = {result_key(r) for r in read_jsonl(out / "results.jsonl")}
+    {"post-training": _post_training, "at-init": _at_init, "imp": run_imp}[method.recipe](ctx)
+    table = format_table(ctx.rows)
     if env.is_main:
         write_text(out / "results.md", table)
-        write_json(out / "metrics.json", {
-            "teacher_top1": t_metrics["top1"], "dense_top1": dense_top1, "scoring": score_info,
-            "results": rows, "wall_seconds_this_invocation": time.perf_counter() - t_start,
-        })
-    return rows
+        write_json(out / "metrics.json", {"method": cfg.method, "recipe": method.recipe, "results": ctx.rows,
+                                          "wall_seconds_this_invocation": time.perf_counter() - t_start})
+    return ctx.rows

@@ -16,8 +16,10 @@ def format_table(rows: list[dict]) -> str:
     by_s: dict[float, dict] = {}
     for r in rows:
         by_s.setdefault(r["target_sparsity"], {})[r["regime"]] = r
-    head = (f"{first['method']} on {first['dataset']}: student {first['arch']} (dense {first['dense_top1']:.2f}%), "
-            f"teacher {first['teacher_arch']} ({first['teacher_top1']:.2f}%), seed {first['seed']}\n\n")
+    teacher = next((r["teacher_top1"] for r in rows if r.get("teacher_top1") is not None), None)
+    head = (f"{first['method']} on {first['dataset']}: student {first['arch']} (dense {first['dense_top1']:.2f}%)"
+            + (f", teacher {first['teacher_arch']} ({teacher:.2f}%)" if teacher is not None else "")
+            + f", seed {first['seed']}\n\n")
     cols = ["sparsity", "achieved", "non-zero params", "one-shot top-1"] + [f"{g} top-1" for g in regimes] + [
         "gap to dense (best)"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---:" for _ in cols) + "|"]

@@ -1,0 +1,99 @@
+"""Lottery Ticket / iterative magnitude pruning with rewinding.
+
+Frankle & Carbin (ICLR 2019), Algorithm "Identifying winning tickets" (Sec. 2): train the dense network,
+prune p% of the remaining weights by magnitude, reset the survivors, retrain; repeat. Rewinding (Frankle
+et al., ICML 2020, Sec. 3): reset the survivors to their values at epoch ``k`` of dense training instead
+of initialisation ("late resetting").
+
+kdprune's choices, each a flag:
+* pruning is global magnitude over the prunable weights (``--scope layerwise`` for per-layer), removing
+  ``--rate`` (default 20%) of the remaining weights per round; ``--rounds N`` instead sets the rate so
+  that N rounds reach the highest target;
+* a round whose step would pass a requested sparsity prunes to exactly that sparsity, records the
+  result, and the next round continues from there, so every target of ``--sparsity`` is hit exactly;
+* ``--rewind-epoch k`` (default 1; 0 resets to initialisation as in the original LTH); ``--imp-reinit``
+  re-initialises the survivors randomly instead (the paper's control);
+* round 0 is the dense CE student (``dense-ce/``, ``--student-epochs``); every round trains
+  ``--student-epochs`` epochs with a fresh schedule at ``--lr``; the kd regime trains every round with
+  ``L_total`` under the teacher (and counts the teacher's training).
+Pruned weights have score -1 in the next round, so the masks are nested across rounds.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kdprune.distributed import barrier
+from kdprune.io import load_tensors, save_tensors
+from kdprune.pruning.masks import MaskSet
+from kdprune.pruning.prunable import prunable_parameters
+from kdprune.pruning.threshold import global_masks, layerwise_masks
+from kdprune.train import Callback
+
+
+class SaveRewindPoint(Callback):
+    """Saves the weights after epoch ``rewind_epoch`` of dense training (0 is handled before training)."""
+
+    def __init__(self, path, rewind_epoch: int):
+        self.path, self.rewind_epoch = path, rewind_epoch
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        from kdprune.pruning.prunable import unwrap
+
+        if epoch + 1 == self.rewind_epoch and trainer.is_main:
+            save_tensors(self.path, unwrap(trainer.model).state_dict())
+
+
+def schedule(targets: list[float], rate: float) -> list[tuple[float, bool]]:
+    """The rounds' sparsities: ``1 - (1 - rate)^k``, with each target hit exactly; (sparsity, is_target)."""
+    todo, out, current = sorted(targets), [], 0.0
+    while todo:
+        nxt = 1.0 - (1.0 - current) * (1.0 - rate)
+        hit = nxt >= todo[0] - 1e-9
+        if hit:
+            nxt = todo.pop(0)
+        out.append((nxt, hit))
+        current = nxt
+    return out
+
+
+def run_imp(ctx) -> None:
+    from kdprune.experiments.pipeline import _add, _cost, _log
+
+    cfg, env, out = ctx.cfg, ctx.env, ctx.out
+    rate = cfg.rate if cfg.rounds is None else 1.0 - (1.0 - max(cfg.sparsity)) ** (1.0 / cfg.rounds)
+    rewind_file = out / "dense-ce" / "rewind.safetensors"
+    if cfg.rewind_epoch == 0 and env.is_main and not rewind_file.exists():
+        save_tensors(rewind_file, ctx.model().state_dict())
+    barrier()
+    dense_model, dense = ctx.dense_ce(callbacks=(SaveRewindPoint(rewind_file, cfg.rewind_epoch),))
+    rewind_state = load_tensors(rewind_file)
+    dense_state = {k: v.clone() for k, v in dense_model.state_dict().items()}
+    rounds = schedule(cfg.sparsity, rate)
+    _log(env, f"IMP: {len(rounds)} rounds at rate {rate:.3f}, rewind to epoch {cfg.rewind_epoch}"
+              + (" (random re-init)" if cfg.imp_reinit else ""))
+    threshold = global_masks if cfg.scope == "global" else layerwise_masks
+    for regime in ctx.regimes:
+        state, masks = dense_state, None
+        cost = _add(_cost(dense), _cost(ctx.teacher()[1]) if regime == "kd" else {})
+        for k, (s, is_target) in enumerate(rounds, 1):
+            model = ctx.model(seed_offset=2)
+            model.load_state_dict(state)
+            params = prunable_parameters(model, cfg.prune_first, cfg.prune_last)
+            scores = {n: p.detach().abs().float() for n, p in params.items()}
+            if masks is not None:  # already-pruned weights go first: nested masks
+                scores = {n: torch.where(masks.masks[n].cpu(), v.cpu(), torch.full_like(v.cpu(), -1.0))
+                          for n, v in scores.items()}
+            masks = MaskSet(threshold(scores, s))
+            rdir = out / "imp" / regime / f"round-{k:02d}-{s:g}"
+            pruned = ctx.pruned_top1(rdir, model, masks, list(params))
+            start = rewind_state
+            if cfg.imp_reinit:
+                start = ctx.model(seed_offset=100 + k).state_dict()
+            m, trained = ctx.retrain(rdir, s, regime, start, masks, cfg.student_epochs, cfg.lr,
+                                     f"imp {k} {s:.3g} {regime}")
+            cost = _add(cost, _cost(m))
+            state = {name: v.detach().clone() for name, v in trained.state_dict().items()}
+            if is_target:
+                teacher_top1 = ctx.teacher()[1]["top1"] if regime == "kd" else None
+                ctx.record(s, regime, m, pruned, dense["top1"], teacher_top1, cost, 0, rdir)

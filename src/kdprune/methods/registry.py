@@ -1,0 +1,47 @@
+"""The method registry: name -> (recipe, criterion, paper)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kdprune.errors import UserError
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    recipe: str  # post-training | at-init | imp
+    criterion: str
+    description: str
+    paper: str
+
+
+def _m(name, recipe, criterion, description, paper):
+    return name, Method(name, recipe, criterion, description, paper)
+
+
+METHODS: dict[str, Method] = dict([
+    _m("teacher-guided", "post-training", "teacher-guided",
+       "one-shot pruning of the KD student by gradient saliency of alpha*CA-KLD + (1-alpha)*CE, then retraining",
+       "Alim et al., Teacher-Guided One-Shot Pruning via Context-Aware KD, IEEE BigData 2025"),
+    _m("magnitude", "post-training", "magnitude", "one-shot |w| pruning of the KD student, then retraining",
+       "Han et al., Learning both Weights and Connections for Efficient Neural Networks, NeurIPS 2015"),
+    _m("random", "post-training", "random", "one-shot random pruning of the KD student, then retraining",
+       "Blalock et al., What is the State of Neural Network Pruning?, MLSys 2020"),
+    _m("snip", "at-init", "snip", "SNIP at initialisation, then sparse training",
+       "Lee et al., SNIP: Single-shot Network Pruning based on Connection Sensitivity, ICLR 2019"),
+    _m("grasp", "at-init", "grasp", "GraSP at initialisation, then sparse training",
+       "Wang et al., Picking Winning Tickets Before Training by Preserving Gradient Flow, ICLR 2020"),
+    _m("synflow", "at-init", "synflow", "iterative SynFlow at initialisation (data-free), then sparse training",
+       "Tanaka et al., Pruning neural networks without any data by iteratively conserving synaptic flow, NeurIPS 2020"),
+    _m("imp", "imp", "magnitude",
+       "Lottery Ticket / IMP: train, prune --rate of the remaining weights by global magnitude, rewind, repeat",
+       "Frankle & Carbin, The Lottery Ticket Hypothesis, ICLR 2019; Frankle et al., "
+       "Linear Mode Connectivity and the Lottery Ticket Hypothesis (rewinding), ICML 2020"),
+])
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise UserError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    return METHODS[name]
