@@ -76,3 +76,44 @@ def test_methods_listing_names_papers(run_cli):
     assert code == 0
     for name, m in METHODS.items():
         assert name in out and m.paper.split(",")[0] in out
+
+
+def test_colt_mask_is_the_intersection_it_claims():
+    from kdprune.methods.colt import colt_masks, worst_ranks
+
+    g = torch.Generator().manual_seed(0)
+    tickets = [{"a": torch.randn(6, 5, generator=g), "b": torch.randn(20, generator=g)} for _ in range(2)]
+    names, shapes = ["a", "b"], {"a": torch.Size([6, 5]), "b": torch.Size([20])}
+    masks = colt_masks(tickets, names, shapes, None, 0.6)
+    keep = torch.cat([masks[n].flatten() for n in names])
+    assert int(keep.sum()) == 50 - 30
+
+    def top(state, m):  # a ticket's own top-m mask by magnitude
+        flat = torch.cat([state[n].abs().flatten() for n in names])
+        mask = torch.zeros(50, dtype=torch.bool)
+        mask[torch.sort(flat, descending=True, stable=True).indices[:m]] = True
+        return mask
+
+    worst = worst_ranks(tickets, names, None)
+    m_star = int(worst[keep].max())  # the kept weights all lie in both tickets' top-(m*+1)
+    assert bool((keep <= (top(tickets[0], m_star + 1) & top(tickets[1], m_star + 1))).all())
+    inner = top(tickets[0], m_star) & top(tickets[1], m_star)
+    assert bool((inner <= keep).all())  # and hold the whole intersection of the top-m* masks
+    # a second round is nested in the first
+    again = colt_masks(tickets, names, shapes, masks, 0.8)
+    assert all(bool((again[n] <= masks[n]).all()) for n in names)
+
+
+def test_colt_end_to_end_and_cost_counts_every_ticket(tmp_path):
+    rows = run_pipeline(_cfg(tmp_path, "colt", sparsity="0.5", rate="0.3", student_epochs=1))
+    (row,) = rows
+    assert abs(row["achieved_sparsity"] - 0.5) * N_PRUNABLE <= 0.5 + 1e-6
+    rounds = sorted((tmp_path / "colt").iterdir())
+    assert [p.name for p in rounds] == ["round-01-0.3", "round-02-0.5"]
+    tickets = [json.loads((r / f"ticket-{p}" / "metrics.json").read_text()) for r in rounds for p in (0, 1)]
+    assert tickets[0]["classes"] == [0, 2, 4, 6, 8] and tickets[1]["classes"] == [1, 3, 5, 7, 9]
+    final = json.loads((tmp_path / "sparsity-0.5" / "plain" / "metrics.json").read_text())
+    assert row["images_fwd_bwd"] == sum(t["images_fwd_bwd"] for t in tickets) + final["images_fwd_bwd"]
+    assert row["total_epochs"] == 4 + 1
+    m1, m2 = (load_file(str(r / "masks.safetensors")) for r in rounds)
+    assert all(not bool(((m2[k] == 1) & (m1[k] == 0)).any()) for k in m1)

@@ -102,6 +102,7 @@ class IMPOptions:
     rounds: int | None = _f(None, "IMP: rounds to reach the highest sparsity (sets the rate; default: from --rate)")
     rewind_epoch: int = _f(1, "IMP: rewind surviving weights to this epoch of dense training (0 = init, as in LTH)")
     imp_reinit: bool = _f(False, "IMP control: random re-initialisation instead of rewinding")
+    colt_partitions: int = _f(2, "COLT: class-partitioned tickets per round")
 
 
 @dataclass
@@ -228,6 +229,8 @@ def _validate_names_and_files(cfg) -> None:
         get_method(cfg.method)
         if not 0.0 < cfg.rate < 1.0:
             raise UserError(f"rate: must lie strictly between 0 and 1, got {cfg.rate}")
+        if cfg.colt_partitions < 2:
+            raise UserError(f"colt_partitions: must be at least 2, got {cfg.colt_partitions}")
         if cfg.rounds is not None and cfg.rounds <= 0:
             raise UserError(f"rounds: must be positive, got {cfg.rounds}")
         if cfg.rewind_epoch < 0 or cfg.rewind_epoch > cfg.student_epochs:

@@ -5,6 +5,7 @@
 * ``at-init``: prune the student at initialisation with the criterion, then train the sparse network
   for ``--student-epochs`` (plain and/or KD). Methods: snip, grasp, synflow.
 * ``imp``: Lottery Ticket / iterative magnitude pruning with rewinding (see :mod:`kdprune.methods.imp`).
+* ``colt``: cyclic overlapping lottery tickets (see :mod:`kdprune.methods.colt`).
 """
 
 from kdprune.methods.registry import METHODS, Method, get_method

@@ -38,6 +38,9 @@ METHODS: dict[str, Method] = dict([
        "Lottery Ticket / IMP: train, prune --rate of the remaining weights by global magnitude, rewind, repeat",
        "Frankle & Carbin, The Lottery Ticket Hypothesis, ICLR 2019; Frankle et al., "
        "Linear Mode Connectivity and the Lottery Ticket Hypothesis (rewinding), ICML 2020"),
+    _m("colt", "colt", "magnitude",
+       "cyclic overlapping lottery tickets: class-partitioned tickets per round, mask intersection, rewind",
+       "COLT: Cyclic Overlapping Lottery Tickets for Faster Pruning of CNNs (the paper's iterative baseline)"),
 ])
 
 
