@@ -105,15 +105,19 @@ def test_colt_mask_is_the_intersection_it_claims():
 
 
 def test_colt_end_to_end_and_cost_counts_every_ticket(tmp_path):
-    rows = run_pipeline(_cfg(tmp_path, "colt", sparsity="0.5", rate="0.3", student_epochs=1))
+    rows = run_pipeline(_cfg(tmp_path, "colt", sparsity="0.5", rate="0.2", student_epochs=1))
     (row,) = rows
     assert abs(row["achieved_sparsity"] - 0.5) * N_PRUNABLE <= 0.5 + 1e-6
     rounds = sorted((tmp_path / "colt").iterdir())
-    assert [p.name for p in rounds] == ["round-01-0.3", "round-02-0.5"]
+    # two tickets keeping 80% each keep at least 60% together: round 1 cannot reach 0.5
+    assert len(rounds) >= 2 and rounds[0].name == "round-01"
+    m0 = load_file(str(rounds[0] / "masks.safetensors"))
+    s1 = 1 - sum(int(v.sum()) for v in m0.values()) / N_PRUNABLE
+    assert 0.2 <= s1 <= 0.4  # the intersection removed at least the rate, at most two rates' worth
     tickets = [json.loads((r / f"ticket-{p}" / "metrics.json").read_text()) for r in rounds for p in (0, 1)]
     assert tickets[0]["classes"] == [0, 2, 4, 6, 8] and tickets[1]["classes"] == [1, 3, 5, 7, 9]
     final = json.loads((tmp_path / "sparsity-0.5" / "plain" / "metrics.json").read_text())
     assert row["images_fwd_bwd"] == sum(t["images_fwd_bwd"] for t in tickets) + final["images_fwd_bwd"]
-    assert row["total_epochs"] == 4 + 1
-    m1, m2 = (load_file(str(r / "masks.safetensors")) for r in rounds)
+    assert row["total_epochs"] == 2 * len(rounds) + 1
+    m1, m2 = (load_file(str(r / "masks.safetensors")) for r in rounds[-2:])
     assert all(not bool(((m2[k] == 1) & (m1[k] == 0)).any()) for k in m1)

@@ -1,20 +1,23 @@
 """COLT: cyclic overlapping lottery tickets (the paper's iterative, class-partitioned baseline).
 
-Per round ``k`` (the sparsities follow IMP's schedule, see :func:`kdprune.methods.imp.schedule`):
+Per round ``k``:
 
 1. the classes are split into ``--colt-partitions`` interleaved groups (class ``c`` -> group ``c mod P``);
    for each group a ticket is trained from the initial weights, under the current mask, on that group's
    images only (CE, ``--student-epochs``);
-2. each ticket ranks the weights by magnitude (already-pruned weights last); the new mask keeps the
-   weights whose *worst* rank over the tickets is best: exactly the intersection of the tickets' top-``m``
-   masks for the largest ``m`` at which the intersection holds no more than the weights to keep, filled
-   up to the exact count with the weights ranked ``m`` by both (lowest index first);
-3. survivors are rewound to initialisation and the next round begins.
+2. each ticket keeps its top ``m = (1 - rate) * remaining`` weights by magnitude (already-pruned weights
+   rank last) and the new mask is the *intersection* of the tickets' masks, so a round removes more than
+   ``rate`` (this is why COLT needs fewer rounds than IMP);
+3. when that natural sparsity reaches the next requested one, the round instead keeps exactly the
+   target count: the weights whose *worst* rank over the tickets is best, i.e. the intersection of the
+   tickets' top-``m'`` masks for the largest ``m'`` at which it holds no more than the count, filled up
+   with weights ranked ``m'`` (lowest index first);
+4. survivors are rewound to initialisation and the next round begins.
 
 At each requested sparsity the final sparse network is trained from the initialisation on all the data
 (plain or KD, ``--student-epochs``). kdprune's choices where the description leaves details open:
-interleaved class groups, rewinding to initialisation, global magnitude ranks, IMP's 20%-per-round
-schedule (``--rate``/``--rounds``). ``dense_top1`` is the dense CE reference (not counted as cost).
+interleaved class groups, rewinding to initialisation, global magnitude ranks, ``--rate`` 20% per
+ticket per round (``--rounds`` is not used by COLT). ``dense_top1`` is the dense CE reference (not counted as cost).
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import torch
 from kdprune.data import TensorLoader
 from kdprune.distributed import barrier
 from kdprune.losses import CrossEntropy
-from kdprune.methods.imp import schedule
 from kdprune.pruning.masks import MaskSet
 from kdprune.pruning.prunable import prunable_parameters
 from kdprune.pruning.threshold import _keep_mask
@@ -74,20 +76,20 @@ def run_colt(ctx) -> None:
 
     cfg, env, out = ctx.cfg, ctx.env, ctx.out
     parts = cfg.colt_partitions
-    rate = cfg.rate if cfg.rounds is None else 1.0 - (1.0 - max(cfg.sparsity)) ** (1.0 / cfg.rounds)
     _, dense = ctx.dense_ce()
     init = ctx.model()
     init_state = {k: v.detach().clone() for k, v in init.state_dict().items()}
     params = prunable_parameters(init, cfg.prune_first, cfg.prune_last)
     names, shapes = list(params), {n: p.shape for n, p in params.items()}
+    n_total = sum(p.numel() for p in params.values())
     groups = [list(range(env.data.num_classes))[p::parts] for p in range(parts)]
     envs = [replace(env, train=_subset(env.train, env.train.labels, g, cfg.seed + 17 * (p + 1)),
                     test=_subset(env.test, env.test.labels, g, 0)) for p, g in enumerate(groups)]
-    rounds = schedule(cfg.sparsity, rate)
-    _log(env, f"COLT: {len(rounds)} rounds at rate {rate:.3f}, {parts} class-partitioned tickets per round")
-    masks, cost = None, _cost(None)
-    for k, (s, is_target) in enumerate(rounds, 1):
-        rdir = out / "colt" / f"round-{k:02d}-{s:g}"
+    _log(env, f"COLT: {parts} class-partitioned tickets per round, each pruning {cfg.rate:.0%} of the remaining")
+    todo, masks, cost, k, current = sorted(cfg.sparsity), None, _cost(None), 0, 0.0
+    while todo:
+        k += 1
+        rdir = out / "colt" / f"round-{k:02d}"
         tickets = []
         for p in range(parts):
             model = ctx.model()
@@ -97,10 +99,17 @@ def run_colt(ctx) -> None:
                                    callbacks=ctx.callbacks, extra={"classes": groups[p]})
             cost = _add(cost, _cost(m))
             tickets.append(model.state_dict())
+        remaining = round((1.0 - current) * n_total)
+        worst = worst_ranks(tickets, names, masks.masks if masks else None)
+        natural = 1.0 - int((worst < round((1.0 - cfg.rate) * remaining)).sum()) / n_total
+        is_target = natural >= todo[0] - 1e-9
+        s = todo.pop(0) if is_target else natural
         masks = MaskSet(colt_masks(tickets, names, shapes, masks.masks if masks else None, s))
+        current = s
         if env.is_main:
             masks.save(rdir / "masks.safetensors")
         barrier()
+        _log(env, f"COLT round {k}: sparsity {s:.4f}")
         if not is_target:
             continue
         sdir = _sparsity_dir(out, s)
