@@ -73,7 +73,21 @@ class TensorLoader:
         g.manual_seed(self.seed * 1_000_003 + self.epoch)
         return g
 
+    def transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 images -> augmented (training loaders, when a generator is given) and normalised floats."""
+        if self.train and generator is not None:
+            x = random_crop_flip(x, self.pad, self.flip, generator)
+        x = (x.float() - self.mean) * self.inv_std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def batches_with_index(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Like iteration, but also yields each batch's sample indices into ``images``/``labels``."""
+        return self._iterate(with_index=True)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self._iterate(with_index=False)
+
+    def _iterate(self, with_index: bool):
         n = len(self.labels)
         g = self._generator()
         if self.train:
@@ -88,10 +102,5 @@ class TensorLoader:
         order = order.to(self.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.images[idx]
-            if self.train:
-                x = random_crop_flip(x, self.pad, self.flip, g)
-            x = (x.float() - self.mean) * self.inv_std
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.labels[idx]
+            x = self.transform(self.images[idx], g)
+            yield (x, self.labels[idx], idx) if with_index else (x, self.labels[idx])

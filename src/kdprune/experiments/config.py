@@ -106,7 +106,12 @@ class IMPOptions:
 
 
 @dataclass
-class RunConfig(CommonConfig, DistillConfig, CriterionOptions, IMPOptions, PruneOptions):
+class EPSDOptions:
+    epsd_warmup_epochs: int = _f(1, "EPSD/Simple: dense epochs with the self-distillation loss before pruning")
+
+
+@dataclass
+class RunConfig(CommonConfig, DistillConfig, CriterionOptions, IMPOptions, EPSDOptions, PruneOptions):
     """``kdprune run``: teacher -> KD student -> one-shot pruning at each sparsity -> retraining."""
 
     arch: str = _f("resnet20", "student architecture")

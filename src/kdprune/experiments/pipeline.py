@@ -356,6 +356,7 @@ def _at_init(ctx: RunContext) -> None:
 def run_pipeline(cfg: RunConfig, callbacks=()) -> list[dict]:
     """Run ``cfg.method``'s recipe at every sparsity and regime; returns the result rows."""
     from kdprune.methods.colt import run_colt
+    from kdprune.methods.epsd import run_epsd
     from kdprune.methods.imp import run_imp
 
     method = get_method(cfg.method)
@@ -368,7 +369,7 @@ def run_pipeline(cfg: RunConfig, callbacks=()) -> list[dict]:
     out = prepare_out(cfg, "run", env.is_main)
     ctx = RunContext(cfg, env, out, tuple(callbacks), ["plain", "kd"] if cfg.retrain == "both" else [cfg.retrain])
     ctx.done = {result_key(r) for r in read_jsonl(out / "results.jsonl")}
-    {"post-training": _post_training, "at-init": _at_init, "imp": run_imp, "colt": run_colt}[method.recipe](ctx)
+    {"post-training": _post_training, "at-init": _at_init, "imp": run_imp, "colt": run_colt, "epsd": run_epsd}[method.recipe](ctx)
     table = format_table(ctx.rows)
     if env.is_main:
         write_text(out / "results.md", table)

@@ -163,7 +163,7 @@ def run_training_stage(
         "epochs": epochs,
         "objective": objective.name,
         "wall_seconds": sum(h["seconds"] for h in history),
-        "images_fwd_bwd": trainer.images_seen,
+        "images_fwd_bwd": trainer.images_seen + trainer.extra_images,
         "teacher_forwards": trainer.teacher_forwards,
         "history": history,
         **(extra or {}),

@@ -41,6 +41,15 @@ METHODS: dict[str, Method] = dict([
     _m("colt", "colt", "magnitude",
        "cyclic overlapping lottery tickets: class-partitioned tickets per round, mask intersection, rewind",
        "COLT: Cyclic Overlapping Lottery Tickets for Faster Pruning of CNNs (the paper's iterative baseline)"),
+    *[_m(f"{variant}-{sd}", "epsd", "sd-saliency" if variant == "epsd" else "snip",
+         (f"EPSD: prune after --epsd-warmup-epochs by the saliency of the {label} loss, then {label} training"
+          if variant == "epsd" else
+          f"Simple: prune after --epsd-warmup-epochs by CE saliency |w*dCE/dw|, then {label} training"),
+         f"Chen et al., EPSD: Early Pruning with Self-Distillation, AAAI 2024; {paper}")
+      for sd, label, paper in (("cskd", "CS-KD", "Yun et al., CS-KD, CVPR 2020"),
+                               ("pskd", "PS-KD", "Kim et al., PS-KD, ICCV 2021"),
+                               ("dlb", "DLB", "Shen et al., DLB, CVPR 2022"))
+      for variant in ("simple", "epsd")],
 ])
 
 

@@ -97,13 +97,17 @@ def loss_gradient_scores(model: nn.Module, params: dict[str, nn.Parameter], batc
     names, tensors = list(params), list(params.values())
     scores = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     seen = 0
-    for x, y in itertools.islice(batches, num_batches):
-        teacher_logits = None
-        if teacher is not None:
-            with torch.inference_mode():
-                teacher_logits = teacher(x)
-            teacher_logits = teacher_logits.clone()
-        loss = objective(model(x), y, teacher_logits)
+    for batch in itertools.islice(batches, num_batches):
+        if hasattr(objective, "forward_loss"):  # self-distillation: batches carry sample indices
+            loss, _ = objective.forward_loss(model, *batch)
+        else:
+            x, y = batch
+            teacher_logits = None
+            if teacher is not None:
+                with torch.inference_mode():
+                    teacher_logits = teacher(x)
+                teacher_logits = teacher_logits.clone()
+            loss = objective(model(x), y, teacher_logits)
         grads = [g.float() for g in torch.autograd.grad(loss, tensors)]
         average_(grads)
         with torch.no_grad():

@@ -174,8 +174,11 @@ class Trainer:
         self.start_epoch = 0
         self.images_seen = 0
         self.teacher_forwards = 0
+        self.extra_images = 0  # images an objective pushes through the model beyond the batch (CS-KD pairs)
         if self.masks is not None:
             self.masks.apply_()
+        if hasattr(objective, "attach"):
+            objective.attach(train_loader)
 
     @staticmethod
     def device_index(device: torch.device) -> int:
@@ -195,7 +198,9 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "masks": self.masks.state_dict() if self.masks else None,
             "history": self.history,
-            "counters": {"images_seen": self.images_seen, "teacher_forwards": self.teacher_forwards},
+            "counters": {"images_seen": self.images_seen, "teacher_forwards": self.teacher_forwards,
+                         "extra_images": self.extra_images},
+            "objective_state": self.objective.state_dict() if hasattr(self.objective, "state_dict") else None,
             "optim_spec": asdict(self.optim_spec),
         }
 
@@ -216,6 +221,9 @@ class Trainer:
         self.history = list(state["history"])
         self.images_seen = state["counters"]["images_seen"]
         self.teacher_forwards = state["counters"]["teacher_forwards"]
+        self.extra_images = state["counters"].get("extra_images", 0)
+        if state.get("objective_state") is not None:
+            self.objective.load_state_dict(state["objective_state"])
         self.start_epoch = int(state["epoch"]) + 1
 
     def _write_epoch(self, epoch: int) -> None:
@@ -243,18 +251,28 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         n = 0
-        bar = tqdm(self.train_loader, desc=f"{self.desc} {epoch + 1}/{self.epochs}", leave=False,
-                   disable=self._bar_disabled(), unit="batch")
-        for x, y in bar:
-            teacher_logits = None
-            if self.objective.needs_teacher:
-                with torch.inference_mode(), self.autocast:
-                    teacher_logits = self.teacher(x)
-                teacher_logits = teacher_logits.clone()
-                self.teacher_forwards += y.numel()
-            with self.autocast:
-                logits = self.step_fn(x)
-                loss = self.objective(logits, y, teacher_logits)
+        own_forward = hasattr(self.objective, "forward_loss")  # self-distillation objectives
+        batches = self.train_loader.batches_with_index() if own_forward else self.train_loader
+        if own_forward:
+            self.objective.start_epoch(epoch, self.epochs)
+        for batch in tqdm(batches, total=len(self.train_loader), desc=f"{self.desc} {epoch + 1}/{self.epochs}",
+                          leave=False, disable=self._bar_disabled(), unit="batch"):
+            if own_forward:
+                x, y, idx = batch
+                with self.autocast:
+                    loss, logits = self.objective.forward_loss(self.step_fn, x, y, idx)
+                self.extra_images += self.objective.last_extra_images
+            else:
+                x, y = batch
+                teacher_logits = None
+                if self.objective.needs_teacher:
+                    with torch.inference_mode(), self.autocast:
+                        teacher_logits = self.teacher(x)
+                    teacher_logits = teacher_logits.clone()
+                    self.teacher_forwards += y.numel()
+                with self.autocast:
+                    logits = self.step_fn(x)
+                    loss = self.objective(logits, y, teacher_logits)
             opt.zero_grad(set_to_none=True)
             if self.scaler:
                 self.scaler.scale(loss).backward()
@@ -277,6 +295,8 @@ class Trainer:
             correct += (logits.detach().argmax(1) == y).sum()
             n += y.numel()
         self.images_seen += n
+        if own_forward:
+            self.objective.end_epoch()
         correct_t, loss_t, n_t = _reduce_sums(correct.float(), loss_sum, n, self.device)
         return {"train_loss": loss_t / max(n_t, 1), "train_top1": 100.0 * correct_t / max(n_t, 1)}
 

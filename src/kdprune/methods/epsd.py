@@ -1,0 +1,87 @@
+"""EPSD (Chen et al., AAAI 2024): early pruning with self-distillation, and its "Simple" counterpart.
+
+1. the dense student trains for ``--epsd-warmup-epochs`` with the self-distillation (SD) loss (CS-KD,
+   PS-KD or DLB, :mod:`kdprune.losses.self_distill`);
+2. it is pruned once, with one global threshold, by a saliency ``sum_b |w * dL_b/dw|`` over
+   ``--score-batches`` batches: ``L`` is the SD loss for the "EPSD" variant (weights that matter for
+   distillation are kept), plain cross-entropy for the "Simple" variant (plain early pruning);
+3. the sparse network trains from the warmed-up weights with the SD loss for ``--student-epochs``.
+
+The SD objective's state after warmup (PS-KD's prediction memory, DLB's last batch) is what the EPSD
+saliency sees and what sparse training starts from. The regime is reported as ``sd`` (``--retrain`` does
+not apply). ``dense_top1`` is the dense CE reference (not counted as cost).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from kdprune.distributed import barrier, synced
+from kdprune.io import read_json, write_json
+from kdprune.losses import CrossEntropy
+from kdprune.losses.self_distill import SELF_DISTILLATION
+from kdprune.pruning.criteria import loss_gradient_scores
+from kdprune.pruning.masks import MaskSet
+from kdprune.pruning.prunable import prunable_parameters
+
+
+def _objective(sd: str, cfg):
+    cls = SELF_DISTILLATION[sd]
+    return cls(seed=cfg.seed) if sd == "cskd" else cls()
+
+
+def run_epsd(ctx) -> None:
+    from kdprune.experiments.pipeline import _add, _cost, _masks, _score_batches, _sparsity_dir
+    from kdprune.experiments.stages import optim_spec, run_training_stage
+
+    cfg, env, out = ctx.cfg, ctx.env, ctx.out
+    variant, sd = cfg.method.split("-", 1)
+    _, dense = ctx.dense_ce()
+    warm_obj = _objective(sd, cfg)
+    model = ctx.model()
+    wdir = out / f"warmup-{sd}"
+    warm = run_training_stage(wdir, model, warm_obj, optim_spec(cfg), cfg.epsd_warmup_epochs, env, cfg,
+                              desc=f"warmup {sd}", callbacks=ctx.callbacks)
+    state_file = wdir / "objective_state.pt"
+    if synced(state_file.is_file):
+        warm_obj.attach(env.train)
+        warm_obj.load_state_dict(torch.load(state_file, map_location=env.device, weights_only=True))
+    elif env.is_main:
+        torch.save(warm_obj.state_dict(), state_file)
+    barrier()
+    warm_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    params = prunable_parameters(model, cfg.prune_first, cfg.prune_last)
+    scores_info = out / "scores.json"
+    n_batches = _score_batches(cfg, env)
+    t0 = time.perf_counter()
+    loader = env.score_loader(cfg.seed)
+    if variant == "epsd":
+        warm_obj.attach(loader)
+        warm_obj.start_epoch(0, 1)
+        if hasattr(warm_obj, "previous") and warm_obj.memory is not None:
+            warm_obj.previous = warm_obj.memory  # PS-KD: targets from the warmup's last predictions
+        scores = loss_gradient_scores(model, params, loader.batches_with_index(), warm_obj, num_batches=n_batches)
+    else:
+        scores = loss_gradient_scores(model, params, iter(loader), CrossEntropy(), num_batches=n_batches)
+    score_s = time.perf_counter() - t0
+    if env.is_main and not scores_info.exists():
+        write_json(scores_info, {"method": cfg.method, "seconds": score_s, "batches": n_batches})
+    score_s = read_json(scores_info)["seconds"] if synced(scores_info.is_file) else score_s
+    for s in cfg.sparsity:
+        sdir = _sparsity_dir(out, s)
+        masks = _masks(cfg, scores, s)
+        model.load_state_dict(warm_state)
+        pruned = ctx.pruned_top1(sdir, model, masks, list(params))
+        rdir = sdir / "sd"
+        objective = _objective(sd, cfg)
+        if warm_obj.state_dict():
+            objective.load_state_dict(warm_obj.state_dict())
+        net = ctx.model(seed_offset=2)
+        net.load_state_dict(warm_state)
+        m = run_training_stage(rdir, net, objective, optim_spec(cfg), cfg.student_epochs, env, cfg,
+                               desc=f"{cfg.method} {s:g}", masks=masks, callbacks=ctx.callbacks,
+                               extra={"target_sparsity": s, "regime": "sd"})
+        cost = _add(_add(_cost(warm), _cost(m)), {"wall_seconds": score_s})
+        ctx.record(s, "sd", m, pruned, dense["top1"], None, cost, n_batches, rdir)
