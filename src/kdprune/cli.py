@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--arch", default=None, help="architecture, when the file does not say")
     ins.add_argument("--image-size", type=int, default=None, help="input size for MACs, when the file does not say")
     ins.add_argument("--json", action="store_true", help="print the report as JSON")
+    rp = sub.add_parser("report", help="tables (CSV, markdown) and plots from one or more runs")
+    rp.add_argument("runs", nargs="+", metavar="RUN", help="run folders (searched for results.jsonl) or files")
+    rp.add_argument("--out", required=True, help="folder for results.csv, results.md and the PNGs")
     sub.add_parser("models", help="list the architectures")
     sub.add_parser("methods", help="list the pruning methods")
     return p
@@ -95,6 +98,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command in ("export", "inspect"):
         return _deploy(args)
+    if args.command == "report":
+        from kdprune.experiments.report import write_report
+
+        r = write_report(args.runs, args.out)
+        print(r["markdown"])
+        print(f"{r['rows']} results -> {args.out}/: {', '.join(r['files'])}")
+        return 0
     from kdprune import distributed
 
     distributed.init_from_env()

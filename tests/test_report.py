@@ -1,0 +1,54 @@
+import csv
+import json
+
+import pytest
+
+
+def _row(method, regime, seed, s, top1, dense=99.0, **kw):
+    return {"method": method, "regime": regime, "seed": seed, "target_sparsity": s, "achieved_sparsity": s,
+            "top1": top1, "pruned_top1": 10.0, "dense_top1": dense, "teacher_top1": 98.0, "dataset": "digits",
+            "arch": "resnet20", "teacher_arch": "resnet56", "epochs": 30, "total_epochs": 150,
+            "images_fwd_bwd": 1000 if method == "teacher-guided" else 5000, "teacher_forwards": 0,
+            "scoring_batches": 2, "wall_seconds": 1.0, "total_wall_seconds": 2.0, "nonzero_params": 1,
+            "total_params": 2, "out": f"/runs/{method}/{seed}/{s}/{regime}", **kw}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    levels = (0.5, 0.75, 0.9, 0.94, 0.98)
+    for seed, bump in ((0, 0.0), (1, 1.0), (2, 2.0)):
+        d = tmp_path / f"tg-{seed}"
+        d.mkdir()
+        rows = [_row("teacher-guided", "plain", seed, s, 90.0 - 10 * s + bump) for s in levels]
+        rows += [_row("magnitude", "plain", seed, s, 91.0 - 20 * s) for s in levels]
+        (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path
+
+
+def test_report_csv_means_plots(runs, tmp_path, run_cli):
+    out = tmp_path / "report"
+    code, stdout, err = run_cli("report", runs, "--out", out)
+    assert code == 0, err
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 30  # one per run: 3 seeds x 2 methods x 5 sparsities
+    md = (out / "results.md").read_text()
+    # teacher-guided at 90%: 81, 82, 83 -> mean 82, sample std 1; magnitude: 73 three times
+    line90 = next(l for l in md.splitlines() if l.startswith("| 90% |"))
+    assert "73.00 ± 0.00 (n=3)" in line90 and "**82.00 ± 1.00 (n=3)**" in line90
+    line50 = next(l for l in md.splitlines() if l.startswith("| 50% |"))
+    # 50%: teacher-guided 85, 86, 87 (bold, best); magnitude 81 each seed (not bold)
+    assert "| 81.00 ± 0.00 (n=3) |" in line50 and "**86.00 ± 1.00 (n=3)**" in line50
+    cost = next(l for l in md.splitlines() if l.startswith("| magnitude (plain) | 90% |"))
+    assert cost.endswith("| 5.00 |")  # 5000 images vs the method's 1000
+    for png in ("accuracy_vs_sparsity_digits.png", "radar.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_report_errors(tmp_path, run_cli):
+    code, _, err = run_cli("report", tmp_path / "missing", "--out", tmp_path / "r")
+    assert code == 2 and "no such run folder" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli("report", tmp_path / "empty", "--out", tmp_path / "r")
+    assert code == 2 and "no results found" in err
