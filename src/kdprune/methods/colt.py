@@ -31,7 +31,7 @@ from kdprune.distributed import barrier
 from kdprune.losses import CrossEntropy
 from kdprune.pruning.masks import MaskSet
 from kdprune.pruning.prunable import prunable_parameters
-from kdprune.pruning.threshold import _keep_mask
+from kdprune.pruning.threshold import _keep_mask, split_flat
 
 
 def worst_ranks(tickets: list[dict[str, torch.Tensor]], names: list[str],
@@ -54,12 +54,7 @@ def colt_masks(tickets: list[dict[str, torch.Tensor]], names: list[str], shapes:
     worst = worst_ranks(tickets, names, masks)
     n = worst.numel()
     keep = _keep_mask(-worst.double(), int(round(sparsity * n)))
-    out, start = {}, 0
-    for name in names:
-        size = shapes[name].numel()
-        out[name] = keep[start:start + size].view(shapes[name])
-        start += size
-    return out
+    return split_flat(keep, {name: shapes[name] for name in names})
 
 
 def _subset(loader: TensorLoader, labels: torch.Tensor, classes: list[int], seed: int) -> TensorLoader:

@@ -44,10 +44,15 @@ def global_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, 
     names = list(scores)
     flat = torch.cat([scores[n].detach().float().flatten() for n in names])
     keep = _keep_mask(flat, int(round(sparsity * flat.numel())))
+    return split_flat(keep, {n: scores[n].shape for n in names})
+
+
+def split_flat(flat: torch.Tensor, shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """Cut a tensor flattened over layers (in ``shapes``' order) back into per-layer tensors."""
     out, start = {}, 0
-    for n in names:
-        size = scores[n].numel()
-        out[n] = keep[start:start + size].view_as(scores[n])
+    for n, shape in shapes.items():
+        size = torch.Size(shape).numel()
+        out[n] = flat[start:start + size].view(shape)
         start += size
     return out
 
