@@ -91,6 +91,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("__builtin__", "bytes"), ("builtins", "bytes"),  # how Python 3 pickles an empty array's buffer
     }
 
     def find_class(self, module: str, name: str):

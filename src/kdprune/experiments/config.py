@@ -274,6 +274,8 @@ def build_config(cls, overrides: dict[str, Any], config_file: str | None = None)
                 raise UserError(f"{path}: unknown key {raw_key!r} (see --help for the options)")
             values[key] = coerce(types_[key], v, f"{path}: {raw_key}")
     for k, v in overrides.items():
+        if k not in types_:
+            raise UserError(f"unknown option --{k.replace('_', '-')} (see --help for the options)")
         values[k] = coerce(types_[k], v, "--" + k.replace("_", "-"))
     cfg = cls(**values)
     _validate(cfg)
