@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--arch", default=None, help="architecture, when the file does not say")
     ins.add_argument("--image-size", type=int, default=None, help="input size for MACs, when the file does not say")
     ins.add_argument("--json", action="store_true", help="print the report as JSON")
+    sw = sub.add_parser("sweep", help="run a grid of methods x seeds x datasets x archs from a YAML file")
+    sw.add_argument("sweep", metavar="CONFIG.yaml", help="keys: out, grid (lists of option values), base (options)")
+    sw.add_argument("--jobs", type=int, default=1, help="worker processes")
+    sw.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost, run nothing")
     rp = sub.add_parser("report", help="tables (CSV, markdown) and plots from one or more runs")
     rp.add_argument("runs", nargs="+", metavar="RUN", help="run folders (searched for results.jsonl) or files")
     rp.add_argument("--out", required=True, help="folder for results.csv, results.md and the PNGs")
@@ -98,6 +102,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command in ("export", "inspect"):
         return _deploy(args)
+    if args.command == "sweep":
+        from kdprune.experiments.sweep import run_sweep
+
+        run_sweep(args.sweep, args.jobs, args.dry_run, log=lambda m: print(m, flush=True))
+        return 0
     if args.command == "report":
         from kdprune.experiments.report import write_report
 

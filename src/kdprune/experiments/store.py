@@ -1,0 +1,51 @@
+"""The shared results store of a sweep: one SQLite file (standard library, WAL mode).
+
+Each result is one row keyed by (run hash, sparsity, regime); writers use ``INSERT OR IGNORE`` inside a
+transaction with a busy timeout, so concurrent workers neither lose nor duplicate a row.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    run TEXT NOT NULL, target_sparsity REAL NOT NULL, regime TEXT NOT NULL,
+    method TEXT, dataset TEXT, arch TEXT, seed INTEGER, top1 REAL, row TEXT NOT NULL,
+    PRIMARY KEY (run, target_sparsity, regime)
+)
+"""
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    con = sqlite3.connect(str(path), timeout=60.0, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA busy_timeout=60000")
+    con.execute(SCHEMA)
+    return con
+
+
+def add_rows(path: str | Path, run: str, rows: list[dict]) -> int:
+    """Insert ``rows`` of one run; returns how many were new."""
+    con = connect(path)
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        before = con.total_changes
+        con.executemany(
+            "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(run, float(r["target_sparsity"]), r["regime"], r["method"], r["dataset"], r["arch"], r["seed"],
+              r["top1"], json.dumps(r, sort_keys=True)) for r in rows])
+        con.execute("COMMIT")
+        return con.total_changes - before
+    finally:
+        con.close()
+
+
+def all_rows(path: str | Path) -> list[dict]:
+    con = connect(path)
+    try:
+        return [json.loads(r[0]) for r in con.execute("SELECT row FROM results ORDER BY run, target_sparsity, regime")]
+    finally:
+        con.close()

@@ -1,0 +1,254 @@
+"""``kdprune sweep CONFIG.yaml``: the grid methods x sparsities x seeds x datasets x archs.
+
+The YAML file has ``out`` (the sweep folder), ``grid`` (lists of values for any ``kdprune run`` option,
+e.g. method, seed, dataset, arch) and ``base`` (fixed options; ``sparsity`` is a list and stays inside one
+run). Every grid point is one run in ``OUT/runs/<hash>``, the hash of its resolved config: a finished run
+(its ``metrics.json`` exists) is skipped, an interrupted one resumes. The teacher, the KD-trained student
+and the dense CE student are trained once per setting that determines them, in ``OUT/shared/``, and
+hard-linked into every run that needs them (so each run's compute accounting still counts them). Each
+run's rows go into ``OUT/results.sqlite`` (see :mod:`kdprune.experiments.store`). ``--jobs N`` runs N worker
+processes; ``--dry-run`` prints the plan and its estimated cost.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import itertools
+from contextlib import contextmanager
+import json
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+
+from kdprune.errors import UserError
+from kdprune.experiments.config import RunConfig, build_config, to_dict
+from kdprune.experiments.store import add_rows, all_rows
+from kdprune.methods import get_method
+
+_NOT_HASHED = {"out", "resume", "progress", "device"}
+_DATA = ("dataset", "data_dir", "download", "batch_size", "optimizer", "momentum", "nesterov", "weight_decay",
+         "schedule", "grad_clip", "amp", "channels_last", "lr")
+_TEACHER = _DATA + ("seed", "teacher_arch", "teacher_checkpoint", "teacher_epochs")
+_STUDENT = _TEACHER + ("arch", "student_checkpoint", "student_epochs", "alpha", "temperature", "kd_loss", "kd_eps",
+                       "kd_t_squared")
+_DENSE = _DATA + ("seed", "arch", "student_epochs")
+
+
+def _hash(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def load_sweep(path: str | Path) -> tuple[Path, list[RunConfig]]:
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise UserError(f"sweep file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(spec, dict) or set(spec) - {"out", "grid", "base"}:
+        raise UserError(f"{path}: expected the keys out, grid and base")
+    grid, base = spec.get("grid") or {}, spec.get("base") or {}
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise UserError(f"{path}: grid must map options to non-empty lists of values")
+    out = Path(spec.get("out") or "runs/sweep")
+    configs = []
+    for values in itertools.product(*grid.values()):
+        point = {**{k.replace("-", "_"): v for k, v in base.items()},
+                 **{k.replace("-", "_"): v for k, v in zip(grid, values)}}
+        cfg = build_config(RunConfig, {k: v for k, v in point.items()})
+        run_id = _hash({k: v for k, v in to_dict(cfg).items() if k not in _NOT_HASHED})
+        configs.append(replace(cfg, out=str(out / "runs" / run_id), progress=False))
+    return out, configs
+
+
+def run_id(cfg: RunConfig) -> str:
+    return Path(cfg.out).name
+
+
+def _shared_stages(cfg: RunConfig) -> list[tuple[str, tuple]]:
+    recipe = get_method(cfg.method).recipe
+    stages = []
+    if recipe == "post-training":
+        stages += [("teacher", _TEACHER), ("student", _STUDENT)]
+    else:
+        stages.append(("dense-ce", _DENSE))
+        if cfg.retrain in ("kd", "both") and recipe != "epsd":
+            stages.append(("teacher", _TEACHER))
+    return stages
+
+
+def _shared_dir(out: Path, cfg: RunConfig, stage: str, keys: tuple) -> Path:
+    return out / "shared" / f"{stage}-{_hash({k: getattr(cfg, k) for k in keys})}"
+
+
+@contextmanager
+def _lock(path: Path, wait: bool):
+    """An exclusive advisory lock on ``path`` (yields False when ``wait`` is off and another holds it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _train_shared(out: Path, cfg: RunConfig, stage: str, keys: tuple) -> None:
+    """Train one shared stage in its own folder (a RunContext whose out is that folder), once."""
+    sdir = _shared_dir(out, cfg, stage, keys)
+    with _lock(sdir.with_name(sdir.name + ".lock"), wait=True):
+        _train_shared_locked(out, cfg, stage, keys, sdir)
+
+
+def _train_shared_locked(out: Path, cfg: RunConfig, stage: str, keys: tuple, sdir: Path) -> None:
+    from kdprune.experiments.pipeline import RunContext
+    from kdprune.experiments.stages import make_env
+
+    if (sdir / stage / "metrics.json").is_file():
+        return
+    ctx = RunContext(replace(cfg, out=str(sdir)), make_env(cfg), sdir, (), [])
+    if stage == "student":  # the student needs its teacher: link the shared one in first
+        _link_stage(_shared_dir(out, cfg, "teacher", _TEACHER) / "teacher", sdir / "teacher")
+    {"teacher": ctx.teacher, "student": ctx.kd_student, "dense-ce": ctx.dense_ce}[stage]()
+
+
+def _link_stage(src: Path, dst: Path) -> None:
+    if (dst / "metrics.json").is_file() or not (src / "metrics.json").is_file():
+        return
+    tmp = dst.with_name(dst.name + ".linking")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file():
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:
+                shutil.copy2(f, tmp / f.name)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+
+
+def status(cfg: RunConfig) -> str:
+    out = Path(cfg.out)
+    if (out / "metrics.json").is_file():
+        return "done"
+    return "partial" if out.exists() else "new"
+
+
+def estimate(cfg: RunConfig, n_train: int | None = None) -> dict:
+    """Training epochs (and images when the training-set size is known) the run will cost, by recipe."""
+    recipe = get_method(cfg.method).recipe
+    regimes = 2 if cfg.retrain == "both" else 1
+    n_s = len(cfg.sparsity)
+    if recipe == "post-training":
+        epochs = cfg.teacher_epochs + cfg.student_epochs + n_s * regimes * cfg.retrain_epochs
+    elif recipe == "at-init":
+        epochs = cfg.student_epochs * (1 + n_s * regimes)
+    elif recipe == "epsd":
+        epochs = cfg.student_epochs * (1 + n_s) + cfg.epsd_warmup_epochs
+    else:  # imp, colt: rounds from the schedule (COLT's are an upper bound)
+        from kdprune.methods.imp import schedule
+
+        rate = cfg.rate if cfg.rounds is None else 1 - (1 - max(cfg.sparsity)) ** (1 / cfg.rounds)
+        rounds = len(schedule(cfg.sparsity, rate))
+        epochs = cfg.student_epochs * (1 + rounds * regimes + (n_s * regimes if recipe == "colt" else 0))
+    return {"epochs": epochs, "images": epochs * n_train if n_train else None}
+
+
+def _run_one(cfg: RunConfig, out: Path) -> int:
+    """Run one grid point (unless another process holds it); returns the number of new store rows."""
+    from kdprune.experiments.pipeline import run_pipeline
+
+    with _lock(Path(cfg.out).with_suffix(".lock"), wait=False) as mine:
+        if not mine:
+            return 0  # another sweep process is running it and will record its rows
+        for stage, keys in _shared_stages(cfg):
+            _train_shared(out, cfg, stage, keys)
+            _link_stage(_shared_dir(out, cfg, stage, keys) / stage, Path(cfg.out) / stage)
+        rows = run_pipeline(replace(cfg, resume=True))
+        return add_rows(out / "results.sqlite", run_id(cfg), rows)
+
+
+def _worker(args) -> tuple[str, int]:
+    import torch
+
+    cfg, out, threads = args
+    torch.set_num_threads(threads)
+    return run_id(cfg), _run_one(cfg, out)
+
+
+def _shared_worker(args) -> None:
+    import torch
+
+    out, cfg, stage, keys, threads = args
+    torch.set_num_threads(threads)
+    _train_shared(out, cfg, stage, keys)
+
+
+def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print) -> list[dict]:
+    out, configs = load_sweep(path)
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    if dry_run:
+        from kdprune.data import load_dataset
+
+        sizes = {}
+        total = 0
+        log(f"{len(configs)} runs in {out}/runs:")
+        for cfg in configs:
+            if cfg.dataset not in sizes:
+                try:
+                    sizes[cfg.dataset] = len(load_dataset(cfg.dataset, cfg.data_dir).train_y)
+                except UserError:
+                    sizes[cfg.dataset] = None
+            est = estimate(cfg, sizes[cfg.dataset])
+            total += est["epochs"]
+            imgs = f", ~{est['images']:,} images" if est["images"] else ""
+            log(f"  {run_id(cfg)}  {status(cfg):8s} {cfg.method:15s} {cfg.dataset:12s} {cfg.arch:9s} seed {cfg.seed}"
+                f"  ~{est['epochs']} epochs{imgs}")
+        log(f"estimated at most {total} training epochs before sharing teachers and students across runs")
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    shared = {}
+    for cfg in configs:
+        for stage, keys in _shared_stages(cfg):
+            d = _shared_dir(out, cfg, stage, keys)
+            shared.setdefault((stage, d), cfg)
+    todo = [c for c in configs if status(c) != "done"]
+    log(f"{len(configs)} runs: {len(configs) - len(todo)} done, {len(todo)} to run; {len(shared)} shared stages")
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    order = sorted(shared.items(), key=lambda kv: kv[0][0] == "student")  # teachers before students
+    if jobs == 1:
+        for (stage, d), cfg in order:
+            _train_shared(out, cfg, stage, dict(_shared_stages(cfg))[stage])
+        for cfg in todo:
+            n = _run_one(cfg, out)
+            log(f"run {run_id(cfg)} ({cfg.method}, seed {cfg.seed}): {n} new results")
+    else:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(jobs) as pool:
+            for phase in ("teacher", "dense-ce", "student"):
+                pool.map(_shared_worker, [(out, cfg, stage, dict(_shared_stages(cfg))[stage], threads)
+                                          for (stage, d), cfg in order if stage == phase])
+            for rid, n in pool.imap_unordered(_worker, [(cfg, out, threads) for cfg in todo]):
+                log(f"run {rid}: {n} new results")
+    # runs finished earlier but missing from the store (e.g. killed between finishing and recording)
+    for cfg in configs:
+        if status(cfg) == "done":
+            from kdprune.io import read_jsonl
+
+            add_rows(out / "results.sqlite", run_id(cfg), read_jsonl(Path(cfg.out) / "results.jsonl"))
+    rows = all_rows(out / "results.sqlite")
+    log(f"{len(rows)} results in {out / 'results.sqlite'}; `kdprune report {out}/runs --out REPORT` for tables")
+    return rows

@@ -1,0 +1,94 @@
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+SWEEP = """out: {out}
+grid:
+  method: [teacher-guided, magnitude]
+  seed: [0, 1]
+base:
+  sparsity: [0.5, 0.9]
+  teacher_arch: resnet20
+  teacher_epochs: 1
+  student_epochs: {student_epochs}
+  retrain_epochs: 1
+  batch_size: 128
+  score_batches: 2
+  retrain: plain
+"""
+EXPECTED = 2 * 2 * 2  # methods x seeds x sparsities (one regime)
+
+
+def _write(tmp_path, student_epochs=2):
+    f = tmp_path / "sweep.yaml"
+    f.write_text(SWEEP.format(out=tmp_path / "out", student_epochs=student_epochs))
+    return f
+
+
+def _rows(tmp_path):
+    con = sqlite3.connect(str(tmp_path / "out" / "results.sqlite"))
+    return [(r[0], r[1], r[2]) for r in con.execute("SELECT run, target_sparsity, regime FROM results")]
+
+
+def test_sweep_runs_shares_stages_and_rerun_skips(tmp_path, run_cli):
+    f = _write(tmp_path)
+    code, out, err = run_cli("sweep", f, "--dry-run")
+    assert code == 0 and out.count(" new ") == 4 and "estimated" in out
+    code, out, err = run_cli("sweep", f)
+    assert code == 0, err
+    rows = _rows(tmp_path)
+    assert len(rows) == EXPECTED == len(set(rows))
+    # the KD student of a seed is trained once and shared by both methods (hard links, same dense top-1)
+    con = sqlite3.connect(str(tmp_path / "out" / "results.sqlite"))
+    dense = {}
+    for (row,) in con.execute("SELECT row FROM results"):
+        r = json.loads(row)
+        dense.setdefault(r["seed"], set()).add(r["dense_top1"])
+    assert all(len(v) == 1 for v in dense.values())
+    students = [p for p in (tmp_path / "out" / "shared").glob("student-*") if p.is_dir()]
+    assert len(students) == 2 and os.stat(students[0] / "student" / "model.safetensors").st_nlink == 3
+    # re-run: everything is skipped, nothing retrained
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").rglob("metrics.json")}
+    code, out, _ = run_cli("sweep", f)
+    assert code == 0 and "4 done, 0 to run" in out
+    assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").rglob("metrics.json")}
+    # the report reads the sweep's runs
+    code, out, err = run_cli("report", tmp_path / "out" / "runs", "--out", tmp_path / "rep")
+    assert code == 0 and "(n=2)" in out
+
+
+def _sweep_proc(f, *extra):
+    return subprocess.Popen([sys.executable, "-m", "kdprune", "sweep", str(f), *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_sweep_resumes_without_losing_or_doubling(tmp_path):
+    f = _write(tmp_path, student_epochs=3)
+    p = _sweep_proc(f)
+    deadline = time.time() + 300
+    while not list((tmp_path / "out" / "runs").glob("*/sparsity-0.5")):
+        assert p.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    q = _sweep_proc(f)
+    _, err = q.communicate(timeout=600)
+    assert q.returncode == 0, err
+    rows = _rows(tmp_path)
+    assert len(rows) == EXPECTED == len(set(rows))
+
+
+def test_two_sweeps_and_two_workers_on_one_store(tmp_path):
+    f = _write(tmp_path)
+    a, b = _sweep_proc(f, "--jobs", "2"), _sweep_proc(f)
+    for p in (a, b):
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    rows = _rows(tmp_path)
+    assert len(rows) == EXPECTED == len(set(rows))
