@@ -197,14 +197,32 @@ class RunContext:
             self._kd_student = (student, m)
         return self._kd_student
 
-    def dense_ce(self, callbacks=()) -> tuple[torch.nn.Module, dict]:
-        """A dense student trained with plain CE from the same initialisation (IMP's round 0)."""
+    @property
+    def rewind_file(self) -> Path:
+        """The dense CE student's weights after epoch ``rewind_epoch`` (IMP and COLT rewind to them)."""
+        return self.out / "dense-ce" / f"rewind-epoch{self.cfg.rewind_epoch}.safetensors"
+
+    def dense_ce(self) -> tuple[torch.nn.Module, dict]:
+        """A dense student trained with plain CE from the same initialisation (IMP's round 0).
+
+        The stage always keeps its rewind point, so a dense stage trained for one method (or shared by a
+        sweep) serves IMP and COLT too.
+        """
         if self._dense_ce is None:
+            from kdprune.methods.imp import SaveRewindPoint
+
             cfg = self.cfg
             student = self.model()
+            if cfg.rewind_epoch == 0 and self.env.is_main and not self.rewind_file.exists():
+                save_tensors(self.rewind_file, student.state_dict())
+            barrier()
             m = run_training_stage(self.out / "dense-ce", student, CrossEntropy(), optim_spec(cfg),
                                    cfg.student_epochs, self.env, cfg, desc=f"dense {cfg.arch} (CE)",
-                                   callbacks=(*self.callbacks, *callbacks), extra={"arch": cfg.arch})
+                                   callbacks=(*self.callbacks, SaveRewindPoint(self.rewind_file, cfg.rewind_epoch)),
+                                   extra={"arch": cfg.arch})
+            if not synced(self.rewind_file.is_file):
+                raise UserError(f"{self.out / 'dense-ce'} was trained without its epoch-{cfg.rewind_epoch} rewind "
+                                "point; delete that folder to retrain it")
             _log(self.env, f"dense {cfg.arch} (CE): top-1 {m['top1']:.2f}%")
             self._dense_ce = (student, m)
         return self._dense_ce

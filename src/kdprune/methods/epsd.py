@@ -7,9 +7,14 @@
    distillation are kept), plain cross-entropy for the "Simple" variant (plain early pruning);
 3. the sparse network trains from the warmed-up weights with the SD loss for ``--student-epochs``.
 
+EPG (``--method epg``) is this recipe without self-distillation: CE warmup, CE saliency, CE training.
+The paper names EPG as an early-pruning baseline but its reference could not be retrieved here; this
+reading (early pruning by gradient saliency, no distillation) is kdprune's choice, and it is exactly the
+"Simple" variant with the SD loss replaced by cross-entropy, so the two isolate the effect of SD.
+
 The SD objective's state after warmup (PS-KD's prediction memory, DLB's last batch) is what the EPSD
-saliency sees and what sparse training starts from. The regime is reported as ``sd`` (``--retrain`` does
-not apply). ``dense_top1`` is the dense CE reference (not counted as cost).
+saliency sees and what sparse training starts from. The regime is reported as ``sd`` (``plain`` for EPG;
+``--retrain`` does not apply). ``dense_top1`` is the dense CE reference (not counted as cost).
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from kdprune.pruning.masks import MaskSet
 from kdprune.pruning.prunable import prunable_parameters
 
 
-def _objective(sd: str, cfg):
+def _objective(sd: str | None, cfg):
+    if sd is None:  # EPG: no self-distillation
+        return CrossEntropy()
     cls = SELF_DISTILLATION[sd]
     return cls(seed=cfg.seed) if sd == "cskd" else cls()
 
@@ -37,18 +44,19 @@ def run_epsd(ctx) -> None:
     from kdprune.experiments.stages import optim_spec, run_training_stage
 
     cfg, env, out = ctx.cfg, ctx.env, ctx.out
-    variant, sd = cfg.method.split("-", 1)
+    variant, sd = ("simple", None) if cfg.method == "epg" else cfg.method.split("-", 1)
+    regime, has_state = ("plain", False) if sd is None else ("sd", True)
     _, dense = ctx.dense_ce()
     warm_obj = _objective(sd, cfg)
     model = ctx.model()
-    wdir = out / f"warmup-{sd}"
+    wdir = out / f"warmup-{sd or 'ce'}"
     warm = run_training_stage(wdir, model, warm_obj, optim_spec(cfg), cfg.epsd_warmup_epochs, env, cfg,
-                              desc=f"warmup {sd}", callbacks=ctx.callbacks)
+                              desc=f"warmup {sd or 'ce'}", callbacks=ctx.callbacks)
     state_file = wdir / "objective_state.pt"
-    if synced(state_file.is_file):
+    if has_state and synced(state_file.is_file):
         warm_obj.attach(env.train)
         warm_obj.load_state_dict(torch.load(state_file, map_location=env.device, weights_only=True))
-    elif env.is_main:
+    elif has_state and env.is_main:
         torch.save(warm_obj.state_dict(), state_file)
     barrier()
     warm_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -74,14 +82,14 @@ def run_epsd(ctx) -> None:
         masks = _masks(cfg, scores, s)
         model.load_state_dict(warm_state)
         pruned = ctx.pruned_top1(sdir, model, masks, list(params))
-        rdir = sdir / "sd"
+        rdir = sdir / regime
         objective = _objective(sd, cfg)
-        if warm_obj.state_dict():
+        if has_state and warm_obj.state_dict():
             objective.load_state_dict(warm_obj.state_dict())
         net = ctx.model(seed_offset=2)
         net.load_state_dict(warm_state)
         m = run_training_stage(rdir, net, objective, optim_spec(cfg), cfg.student_epochs, env, cfg,
                                desc=f"{cfg.method} {s:g}", masks=masks, callbacks=ctx.callbacks,
-                               extra={"target_sparsity": s, "regime": "sd"})
+                               extra={"target_sparsity": s, "regime": regime})
         cost = _add(_add(_cost(warm), _cost(m)), {"wall_seconds": score_s})
-        ctx.record(s, "sd", m, pruned, dense["top1"], None, cost, n_batches, rdir)
+        ctx.record(s, regime, m, pruned, dense["top1"], None, cost, n_batches, rdir)

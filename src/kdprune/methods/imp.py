@@ -62,12 +62,8 @@ def run_imp(ctx) -> None:
 
     cfg, env, out = ctx.cfg, ctx.env, ctx.out
     rate = cfg.rate if cfg.rounds is None else 1.0 - (1.0 - max(cfg.sparsity)) ** (1.0 / cfg.rounds)
-    rewind_file = out / "dense-ce" / "rewind.safetensors"
-    if cfg.rewind_epoch == 0 and env.is_main and not rewind_file.exists():
-        save_tensors(rewind_file, ctx.model().state_dict())
-    barrier()
-    dense_model, dense = ctx.dense_ce(callbacks=(SaveRewindPoint(rewind_file, cfg.rewind_epoch),))
-    rewind_state = load_tensors(rewind_file)
+    dense_model, dense = ctx.dense_ce()
+    rewind_state = load_tensors(ctx.rewind_file)
     dense_state = {k: v.clone() for k, v in dense_model.state_dict().items()}
     rounds = schedule(cfg.sparsity, rate)
     _log(env, f"IMP: {len(rounds)} rounds at rate {rate:.3f}, rewind to epoch {cfg.rewind_epoch}"

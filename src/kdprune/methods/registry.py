@@ -41,6 +41,10 @@ METHODS: dict[str, Method] = dict([
     _m("colt", "colt", "magnitude",
        "cyclic overlapping lottery tickets: class-partitioned tickets per round, mask intersection, rewind",
        "COLT: Cyclic Overlapping Lottery Tickets for Faster Pruning of CNNs (the paper's iterative baseline)"),
+    _m("epg", "epsd", "snip",
+       "early pruning: prune after --epsd-warmup-epochs by CE saliency |w*dCE/dw|, then CE training "
+       "(kdprune's reading of the paper's EPG baseline; the EPSD recipe without self-distillation)",
+       "EPG, named by Alim et al. 2025 (reference not retrievable here); recipe as in Chen et al., EPSD, AAAI 2024"),
     *[_m(f"{variant}-{sd}", "epsd", "sd-saliency" if variant == "epsd" else "snip",
          (f"EPSD: prune after --epsd-warmup-epochs by the saliency of the {label} loss, then {label} training"
           if variant == "epsd" else

@@ -319,9 +319,9 @@ class Trainer:
             metrics.update({"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
                             "seconds": time.perf_counter() - t0})
             self.history.append(metrics)
-            self._write_epoch(epoch)
-            for cb in self.callbacks:
+            for cb in self.callbacks:  # side files first, then the checkpoint commits the epoch
                 cb.on_epoch_end(self, epoch, metrics)
+            self._write_epoch(epoch)
         if not self.history:  # zero epochs: still report where the model stands
             m = evaluate(unwrap(self.model), self.test_loader, self.amp)
             return {"test_top1": m["top1"], "test_loss": m["loss"], "epoch": 0, "history": []}
