@@ -82,3 +82,37 @@ def test_torchrun_run_matches_single_process(tmp_path):
         # dense 91.94 vs 92.22; at 90% after one retraining epoch 54.44 vs 58.89.
         assert abs(r["dense_top1"] - q["dense_top1"]) < 3.0, (r["dense_top1"], q["dense_top1"])
         assert abs(r["top1"] - q["top1"]) < 8.0, (r["top1"], q["top1"])
+
+
+def test_torchrun_sweep_runs_each_grid_point_on_all_ranks_and_records_once(tmp_path):
+    import sqlite3
+
+    f = tmp_path / "sweep.yaml"
+    f.write_text(f"""out: {tmp_path / 'out'}
+grid:
+  method: [magnitude, snip]
+base:
+  sparsity: [0.5, 0.9]
+  teacher_arch: resnet20
+  teacher_epochs: 1
+  student_epochs: 1
+  retrain_epochs: 1
+  batch_size: 64
+  score_batches: 2
+  retrain: plain
+""")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), "-m", "kdprune", "sweep", str(f)]
+    env = {"OMP_NUM_THREADS": "1", "KDPRUNE_DIST_BACKEND": "gloo"}
+    r = _run(cmd, env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("2 runs: 0 done, 2 to run") == 1  # rank 0 alone logs
+    con = sqlite3.connect(str(tmp_path / "out" / "results.sqlite"))
+    keys = [(a, b) for a, b in con.execute("SELECT run, target_sparsity FROM results")]
+    assert len(keys) == 4 == len(set(keys))
+    for pruned in (tmp_path / "out" / "runs").rglob("pruned.json"):
+        hashes = json.loads(pruned.read_text())["mask_sha256_per_rank"]
+        assert len(hashes) == 2 and hashes[0] == hashes[1], pruned
+    cmd[6] = str(_free_port())
+    again = _run(cmd, env)
+    assert again.returncode == 0 and "2 runs: 2 done, 0 to run" in again.stdout, again.stderr[-3000:]

@@ -28,7 +28,8 @@ def _cli(*args, **kw):
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
-@pytest.mark.parametrize("wait_for", ["student/checkpoint.pt", "sparsity-0.9/kd/checkpoint.pt"])
+@pytest.mark.parametrize("wait_for", ["teacher/checkpoint.pt", "student/checkpoint.pt",
+                                      "sparsity-0.9/kd/checkpoint.pt"])
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path, wait_for):
     ref = _cli(*ARGS, "--out", tmp_path / "ref")
     ref_out, _ = ref.communicate(timeout=300)
@@ -119,3 +120,54 @@ def test_labels_out_of_range_and_empty_dataset(tmp_path):
         pickle.dump(d, f, protocol=2)
     with pytest.raises(UserError, match="test split is empty"):
         load_dataset("cifar10", str(folder))
+
+
+def test_unwritable_out_is_one_line(tmp_path, run_cli, monkeypatch):
+    # the tests run as root, who may write anywhere: simulate the refusal the OS gives other users
+    from pathlib import Path
+
+    real = Path.mkdir
+
+    def refuse(self, *a, **k):
+        if "locked" in str(self):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    code, _, err = run_cli("run", *TINY_RUN, "--out", tmp_path / "locked" / "run")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot write to --out" in err
+
+
+def test_scores_lost_in_a_crash_are_recomputed_identically(tmp_path):
+    """A crash after scoring but before its files are written: the resumed run scores again, identically."""
+    from kdprune.experiments.pipeline import run_pipeline
+
+    args = dict(zip(TINY_RUN[::2], TINY_RUN[1::2]))
+    over = {k.lstrip("-").replace("-", "_"): v for k, v in args.items()}
+    cfg = build_config(RunConfig, {**over, "out": str(tmp_path / "r"), "sparsity": "0.9", "retrain_epochs": "0"})
+    run_pipeline(cfg)
+    first = load_file(str(tmp_path / "r" / "sparsity-0.9" / "kd" / "masks.safetensors"))
+    scores = load_file(str(tmp_path / "r" / "scores.safetensors"))
+    for name in ("scores.safetensors", "scores.json", "metrics.json"):
+        (tmp_path / "r" / name).unlink()
+    import shutil
+
+    shutil.rmtree(tmp_path / "r" / "sparsity-0.9")
+    run_pipeline(build_config(RunConfig, {**over, "out": str(tmp_path / "r"), "sparsity": "0.9",
+                                          "retrain_epochs": "0", "resume": "true"}))
+    again = load_file(str(tmp_path / "r" / "scores.safetensors"))
+    assert all(torch.equal(scores[k], again[k]) for k in scores)
+    masks = load_file(str(tmp_path / "r" / "sparsity-0.9" / "kd" / "masks.safetensors"))
+    assert all(torch.equal(first[k], masks[k]) for k in first)
+
+
+def test_atomic_writes_leave_no_temporary_and_the_usual_mode(tmp_path):
+    import os
+
+    from kdprune.io import write_text
+
+    old = os.umask(0o022)
+    os.umask(old)
+    write_text(tmp_path / "a.md", "x")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.md"]
+    assert (tmp_path / "a.md").stat().st_mode & 0o777 == 0o666 & ~old  # not mkstemp's 0600

@@ -33,14 +33,17 @@ def test_report_csv_means_plots(runs, tmp_path, run_cli):
         rows = list(csv.DictReader(f))
     assert len(rows) == 30  # one per run: 3 seeds x 2 methods x 5 sparsities
     md = (out / "results.md").read_text()
-    # teacher-guided at 90%: 81, 82, 83 -> mean 82, sample std 1; magnitude: 73 three times
-    line90 = next(l for l in md.splitlines() if l.startswith("| 90% |"))
-    assert "73.00 ± 0.00 (n=3)" in line90 and "**82.00 ± 1.00 (n=3)**" in line90
-    line50 = next(l for l in md.splitlines() if l.startswith("| 50% |"))
+    assert "mean ± std over 3 seeds" in md
+    accuracy = md.split("###")[0]  # the accuracy table comes before the cost table
+    table = {l.split(" | ")[0][2:]: l.strip("| ").split(" | ")[1:] for l in accuracy.splitlines() if l.startswith("| ")}
+    assert table["method (regime)"] == ["50%", "75%", "90%", "94%", "98%"]
+    # teacher-guided at 90%: 81, 82, 83 -> mean 82, sample std 1 (best: bold); magnitude: 73 three times
+    assert table["teacher-guided (plain)"][2] == "**82.00 ± 1.00**" and table["magnitude (plain)"][2] == "73.00 ± 0.00"
     # 50%: teacher-guided 85, 86, 87 (bold, best); magnitude 81 each seed (not bold)
-    assert "| 81.00 ± 0.00 (n=3) |" in line50 and "**86.00 ± 1.00 (n=3)**" in line50
-    cost = next(l for l in md.splitlines() if l.startswith("| magnitude (plain) | 90% |"))
-    assert cost.endswith("| 5.00 |")  # 5000 images vs the method's 1000
+    assert table["teacher-guided (plain)"][0] == "**86.00 ± 1.00**" and table["magnitude (plain)"][0] == "81.00 ± 0.00"
+    # cost: 5000 images vs the method's 1000 at every sparsity
+    cost = next(l for l in md.splitlines() if l.startswith("| magnitude (plain) | 150 |"))
+    assert cost.endswith("| 5.00 · 5.00 · 5.00 · 5.00 · 5.00 |")
     for png in ("accuracy_vs_sparsity_digits.png", "radar.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
@@ -52,3 +55,14 @@ def test_report_errors(tmp_path, run_cli):
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli("report", tmp_path / "empty", "--out", tmp_path / "r")
     assert code == 2 and "no results found" in err
+
+
+def test_published_numbers_printed_beside_ours(runs, tmp_path, run_cli):
+    (tmp_path / "pub.yaml").write_text("digits:\n  EPSD (paper): {0.9: 91.5, 0.98: 80.25}\n")
+    code, out, err = run_cli("report", runs, "--out", tmp_path / "r", "--published", tmp_path / "pub.yaml")
+    assert code == 0, err
+    pub = next(l for l in out.splitlines() if l.startswith("| EPSD (paper) (published) |"))
+    assert pub.endswith("| – | – | 91.50 | – | 80.25 |")  # under the 90% and 98% columns
+    (tmp_path / "bad.yaml").write_text("digits: [1, 2]\n")
+    code, _, err = run_cli("report", runs, "--out", tmp_path / "r", "--published", tmp_path / "bad.yaml")
+    assert code == 2 and "expected dataset" in err

@@ -60,7 +60,7 @@ def test_sweep_runs_shares_stages_and_rerun_skips(tmp_path, run_cli):
     assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").rglob("metrics.json")}
     # the report reads the sweep's runs
     code, out, err = run_cli("report", tmp_path / "out" / "runs", "--out", tmp_path / "rep")
-    assert code == 0 and "(n=2)" in out
+    assert code == 0 and "mean ± std over 2 seeds" in out
 
 
 def _sweep_proc(f, *extra):
@@ -92,3 +92,57 @@ def test_two_sweeps_and_two_workers_on_one_store(tmp_path):
         assert p.returncode == 0, err
     rows = _rows(tmp_path)
     assert len(rows) == EXPECTED == len(set(rows))
+
+
+@pytest.mark.parametrize("name", ["cpu/digits-all-methods.yaml", "paper/cifar10.yaml", "paper/cifar100.yaml",
+                                  "paper/tinyimagenet.yaml"])
+def test_shipped_sweep_configs_are_valid(name):
+    from pathlib import Path
+
+    from kdprune.experiments.sweep import load_sweep
+    from kdprune.methods import METHODS
+
+    _, cfgs = load_sweep(Path(__file__).parent.parent / "configs" / name)
+    assert {c.method for c in cfgs} == set(METHODS) - {"teacher-guided"} | {"teacher-guided"}
+    assert all(c.seed in (0, 1, 2) for c in cfgs) and len(cfgs) == 3 * len(METHODS)
+
+
+def test_shared_dense_stage_serves_imp_after_another_method(tmp_path, run_cli):
+    """Regression: the shared dense-CE stage trained for one method (here EPSD) lacked IMP's rewind point."""
+    f = tmp_path / "sweep.yaml"
+    f.write_text(f"""out: {tmp_path / 'out'}
+grid:
+  method: [simple-cskd, imp]
+base:
+  sparsity: [0.5]
+  student_epochs: 1
+  retrain_epochs: 1
+  batch_size: 256
+  score_batches: 1
+  retrain: plain
+  rate: 0.5
+""")
+    code, out, err = run_cli("sweep", f)
+    assert code == 0, err
+    (dense,) = [p for p in (tmp_path / "out" / "shared").glob("dense-ce-*") if p.is_dir()]
+    assert (dense / "dense-ce" / "rewind-epoch1.safetensors").is_file()
+    assert len(_rows(tmp_path)) == 2
+
+
+def test_workers_get_one_gpu_each():
+    import multiprocessing as mp
+
+    from kdprune.experiments.sweep import _init_worker, gpu_plan
+
+    assert gpu_plan(4, 4) == [0, 1, 2, 3] and gpu_plan(3, 2) == [0, 1, 0] and gpu_plan(2, 0) == []
+    q = mp.get_context("spawn").Queue()
+    q.put(3)
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        _init_worker(q)
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    finally:
+        if before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before

@@ -52,11 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="print the report as JSON")
     sw = sub.add_parser("sweep", help="run a grid of methods x seeds x datasets x archs from a YAML file")
     sw.add_argument("sweep", metavar="CONFIG.yaml", help="keys: out, grid (lists of option values), base (options)")
-    sw.add_argument("--jobs", type=int, default=1, help="worker processes")
+    sw.add_argument("--jobs", type=int, default=1, help="worker processes (under torchrun each run uses all ranks)")
     sw.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost, run nothing")
     rp = sub.add_parser("report", help="tables (CSV, markdown) and plots from one or more runs")
     rp.add_argument("runs", nargs="+", metavar="RUN", help="run folders (searched for results.jsonl) or files")
     rp.add_argument("--out", required=True, help="folder for results.csv, results.md and the PNGs")
+    rp.add_argument("--published", default=None, metavar="FILE.yaml",
+                    help="published numbers to print beside ours: dataset: {method: {sparsity: top1}}")
     sub.add_parser("models", help="list the architectures")
     sub.add_parser("methods", help="list the pruning methods")
     return p
@@ -102,15 +104,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command in ("export", "inspect"):
         return _deploy(args)
-    if args.command == "sweep":
-        from kdprune.experiments.sweep import run_sweep
-
-        run_sweep(args.sweep, args.jobs, args.dry_run, log=lambda m: print(m, flush=True))
-        return 0
     if args.command == "report":
         from kdprune.experiments.report import write_report
 
-        r = write_report(args.runs, args.out)
+        r = write_report(args.runs, args.out, args.published)
         print(r["markdown"])
         print(f"{r['rows']} results -> {args.out}/: {', '.join(r['files'])}")
         return 0
@@ -124,6 +121,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    if args.command == "sweep":
+        from kdprune.experiments.sweep import run_sweep
+
+        run_sweep(args.sweep, args.jobs, args.dry_run, log=lambda m: print(m, flush=True))
+        return 0
     from kdprune.experiments import config as C
     from kdprune.experiments import pipeline
 

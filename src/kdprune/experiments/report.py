@@ -88,42 +88,70 @@ def _csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _markdown(agg: dict) -> str:
+def load_published(path: str | Path | None) -> dict:
+    """``{dataset: {method: {sparsity: top1}}}`` from a YAML file of published numbers (optional)."""
+    if not path:
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        return {str(d): {str(m): {float(s): float(v) for s, v in sp.items()} for m, sp in ms.items()}
+                for d, ms in data.items()}
+    except FileNotFoundError:
+        raise UserError(f"published numbers file not found: {path}") from None
+    except (yaml.YAMLError, AttributeError, TypeError, ValueError):
+        raise UserError(f"{path}: expected dataset: {{method: {{sparsity: top1}}}}") from None
+
+
+def _cell(c: dict | None, best: float | None, n_usual: int) -> str:
+    if c is None:
+        return "–"
+    txt = f"{c['mean']:.2f} ± {c['std']:.2f}" + (f" (n={c['n']})" if c["n"] != n_usual else "")
+    return f"**{txt}**" if c["mean"] == best else txt
+
+
+def _markdown(agg: dict, published: dict | None = None) -> str:
+    """One accuracy table (a row per method and regime, a column per sparsity) and one cost table per
+    dataset and arch; published numbers, when given, are extra rows."""
+    published = published or {}
     lines = []
     for dataset, arch in sorted({(k[0], k[1]) for k in agg}):
         keys = [k for k in agg if k[:2] == (dataset, arch)]
         series = sorted({(k[2], k[3]) for k in keys})
-        sparsities = sorted({k[4] for k in keys})
-        lines += [f"## {dataset}, {arch}: top-1 (%), mean ± std over seeds", "",
-                  "| sparsity | " + " | ".join(f"{m} ({g})" for m, g in series) + " |",
-                  "|---:|" + "---:|" * len(series)]
-        for s in sparsities:
-            cells = {sr: agg.get((dataset, arch, *sr, s)) for sr in series}
-            best = max((c["mean"] for c in cells.values() if c), default=None)
-            row = []
-            for sr in series:
-                c = cells[sr]
-                if c is None:
-                    row.append("–")
-                    continue
-                txt = f"{c['mean']:.2f} ± {c['std']:.2f}" + (f" (n={c['n']})" if c["n"] != 1 else "")
-                row.append(f"**{txt}**" if c["mean"] == best else txt)
-            lines.append(f"| {s:.0%} | " + " | ".join(row) + " |")
-        ref_series = next((sr for sr in series if sr[0] == "teacher-guided"), series[0])
-        lines += ["", f"### {dataset}, {arch}: compute to reach each sparsity (means over seeds)", "",
-                  "| method (regime) | sparsity | epochs | images fwd+bwd | teacher forwards | wall s | "
-                  f"images / {ref_series[0]} ({ref_series[1]}) |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        ref = {s: agg[(dataset, arch, *ref_series, s)]["images_fwd_bwd"] for s in sparsities
-               if (dataset, arch, *ref_series, s) in agg}
+        pub = published.get(dataset, {})
+        sparsities = sorted({k[4] for k in keys} | {s for v in pub.values() for s in v})
+        best = {s: max((agg[k]["mean"] for k in keys if k[4] == s), default=None) for s in sparsities}
+        n_usual = statistics.mode(agg[k]["n"] for k in keys)
+        lines += [f"## {dataset}, {arch}: top-1 (%), mean ± std over {n_usual} seed{'s' * (n_usual > 1)} "
+                  "(n=k where a cell has another count; best per sparsity in bold)", "",
+                  "| method (regime) | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
+                  "|---|" + "---:|" * len(sparsities)]
         for sr in series:
-            for s in sparsities:
-                c = agg.get((dataset, arch, *sr, s))
-                if c:
-                    ratio = f"{c['images_fwd_bwd'] / ref[s]:.2f}" if ref.get(s) else "–"
-                    lines.append(f"| {sr[0]} ({sr[1]}) | {s:.0%} | {c['total_epochs']:.0f} | "
-                                 f"{c['images_fwd_bwd']:,.0f} | {c['teacher_forwards']:,.0f} | "
-                                 f"{c['total_wall_seconds']:.1f} | {ratio} |")
+            cells = [_cell(agg.get((dataset, arch, *sr, s)), best[s], n_usual) for s in sparsities]
+            lines.append(f"| {sr[0]} ({sr[1]}) | " + " | ".join(cells) + " |")
+        for m in sorted(pub):
+            cells = [f"{pub[m][s]:.2f}" if s in pub[m] else "–" for s in sparsities]
+            lines.append(f"| {m} (published) | " + " | ".join(cells) + " |")
+        ours = sorted({k[4] for k in keys})
+        ref_series = next((sr for sr in series if sr[0] == "teacher-guided"), series[0])
+        ref = {s: agg[(dataset, arch, *ref_series, s)]["images_fwd_bwd"] for s in ours
+               if (dataset, arch, *ref_series, s) in agg}
+        lines += ["", f"### {dataset}, {arch}: compute (means over seeds)", "",
+                  f"Epochs, images through forward+backward, teacher forwards and wall seconds to reach the "
+                  f"highest sparsity ({ours[-1]:.0%}; one-shot methods pay the same at every level, iterative "
+                  f"ones pay per round); then images relative to {ref_series[0]} ({ref_series[1]}) at each "
+                  f"sparsity ({', '.join(f'{s:.0%}' for s in ours)}).", "",
+                  "| method (regime) | epochs | images fwd+bwd | teacher forwards | wall s | "
+                  f"images / {ref_series[0]} ({ref_series[1]}) |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for sr in series:
+            have = [s for s in ours if (dataset, arch, *sr, s) in agg]
+            top = agg[(dataset, arch, *sr, have[-1])]
+            ratios = " · ".join(f"{agg[(dataset, arch, *sr, s)]['images_fwd_bwd'] / ref[s]:.2f}" if ref.get(s) else "–"
+                                for s in have)
+            lines.append(f"| {sr[0]} ({sr[1]}) | {top['total_epochs']:.0f} | {top['images_fwd_bwd']:,.0f} | "
+                         f"{top['teacher_forwards']:,.0f} | {top['total_wall_seconds']:.1f} | {ratios} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -137,31 +165,70 @@ def _density_axis(x: float) -> float:
     return -math.log10(max(1.0 - x, 1e-6))
 
 
+_REGIME_STYLE = {"plain": ("-", "o"), "kd": ("--", "s"), "sd": (":", "^")}
+
+
+def _colors(methods) -> dict[str, tuple]:
+    """One colour per method, the same in every plot: tab20's ten dark shades, then its ten light ones
+    (teacher-guided always gets the first)."""
+    import matplotlib
+
+    tab20 = list(matplotlib.colormaps["tab20"].colors)
+    palette = tab20[0::2] + tab20[1::2] + list(matplotlib.colormaps["tab20b"].colors)
+    ordered = sorted(set(methods), key=lambda m: (m != "teacher-guided", m))  # the paper's method: the first
+    return {m: palette[i % len(palette)] for i, m in enumerate(ordered)}
+
+
+def _style(regime: str) -> tuple[str, str]:
+    return _REGIME_STYLE.get(regime.split(",")[0], ("-.", "D"))
+
+
 def plot_accuracy(agg: dict, dataset: str, path: Path) -> None:
+    """Accuracy vs sparsity: every method on the full range and, when some fall far below the dense
+    student, a second panel zoomed on the band near it (where the methods differ by tenths of a point)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     keys = [k for k in agg if k[0] == dataset]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for arch, method, regime in sorted({(k[1], k[2], k[3]) for k in keys}):
-        pts = sorted((k[4], agg[k]) for k in keys if k[1:4] == (arch, method, regime))
-        ax.errorbar([_density_axis(s) for s, _ in pts], [c["mean"] for _, c in pts], yerr=[c["std"] for _, c in pts],
-                    marker="o", capsize=3, linewidth=1.8, label=f"{method} ({regime})")
-    # the dense reference of the paper's method when present (other recipes have other dense references)
-    ref = [k for k in keys if k[2] == "teacher-guided"] or keys
+    series = sorted({(k[1], k[2], k[3]) for k in keys})
+    colors = _colors(k[2] for k in keys)
+    ref = [k for k in keys if k[2] == "teacher-guided"] or keys  # the paper's dense student, when present
     dense = statistics.fmean(agg[k]["dense"] for k in ref)
-    ax.axhline(dense, color="gray", linestyle="--", linewidth=1,
-               label=f"dense student of {ref[0][2]} ({dense:.1f}%)")
+    means = [agg[k]["mean"] for k in keys]
+    zoom_lo = math.floor(max(min(means), dense - 6.0))
+    panels = [(None, "all methods")] + ([(zoom_lo, f"zoom: {zoom_lo}% and up")] if min(means) < zoom_lo else [])
+    n_series = len(series) + 1
+    legend_rows = math.ceil(n_series / 4)
+    fig = plt.figure(figsize=(6.5 * len(panels), 5.5 + 0.3 * legend_rows))
+    axes = [fig.subplots(1, len(panels), squeeze=False)[0]]
     ticks = sorted({k[4] for k in keys})
-    ax.set_xticks([_density_axis(s) for s in ticks])
-    ax.set_xticklabels([f"{s:.0%}" for s in ticks])
-    ax.set_xlabel("sparsity (log-density axis)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{dataset}: accuracy vs sparsity (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=9, loc="lower left")
+    for ax, (lo, title) in zip(axes[0], panels):
+        for arch, method, regime in series:
+            pts = sorted((k[4], agg[k]) for k in keys if k[1:4] == (arch, method, regime))
+            ls, marker = _style(regime)
+            ax.errorbar([_density_axis(s) for s, _ in pts], [c["mean"] for _, c in pts],
+                        yerr=[c["std"] for _, c in pts], color=colors[method], linestyle=ls, marker=marker,
+                        markersize=5, capsize=3, linewidth=2.4 if method == "teacher-guided" else 1.5,
+                        label=f"{method} ({regime})")
+        ax.axhline(dense, color="black", linestyle=(0, (4, 3)), linewidth=1,
+                   label=f"dense student of {ref[0][2]} ({dense:.1f}%)")
+        ax.set_xticks([_density_axis(s) for s in ticks])
+        ax.set_xticklabels([f"{s:.0%}" for s in ticks])
+        if lo is not None:
+            ax.set_ylim(lo, min(100.0, max(means) + 1.0))
+        ax.set_xlabel("sparsity (log-density axis)")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title(title, fontsize=12)
+        ax.tick_params(labelsize=11)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    bottom = (0.21 * legend_rows + 0.4) / fig.get_figheight()
+    fig.legend(handles, labels, loc="lower center", ncol=4 if len(panels) > 1 else 2, fontsize=10, frameon=False,
+               title="method (regime); line: plain solid, kd dashed, sd dotted", title_fontsize=10)
+    fig.suptitle(f"{dataset}: accuracy vs sparsity (mean ± std over seeds)", fontsize=14)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     _savefig(fig, path)
     plt.close(fig)
 
@@ -182,33 +249,43 @@ def plot_radar(agg: dict, path: Path, levels=RADAR_LEVELS) -> bool:
         if len(levels) < 3:
             return False
     methods = {m: v for m, v in best.items() if all(lv in v for lv in levels)}
-    angles = [2 * math.pi * i / len(levels) for i in range(len(levels))] + [0.0]
-    fig = plt.figure(figsize=(6, 6))
+    colors = _colors(best)
+    angles = [2 * math.pi * i / len(levels) for i in range(len(levels))]
+    angles.append(angles[0])
+    fig = plt.figure(figsize=(9.5, 7))
     ax = fig.add_subplot(projection="polar")
-    lo = min(min(v.values()) for v in methods.values())
-    for m, v in sorted(methods.items()):
+    ax.set_theta_offset(math.pi / 2)  # the first level at the top, then clockwise
+    ax.set_theta_direction(-1)
+    lo = math.floor(min(min(v.values()) for v in methods.values()))
+    for m, v in sorted(methods.items(), key=lambda kv: (kv[0] != "teacher-guided", kv[0])):
         vals = [v[lv] for lv in levels] + [v[levels[0]]]
-        ax.plot(angles, vals, marker="o", linewidth=1.8, label=m)
-        ax.fill(angles, vals, alpha=0.08)
+        main = m == "teacher-guided"
+        ax.plot(angles, vals, marker="o", markersize=4, linewidth=2.6 if main else 1.4, color=colors[m], label=m,
+                zorder=3 if main else 2)
+        if main:
+            ax.fill(angles, vals, color=colors[m], alpha=0.12)
     ax.set_xticks(angles[:-1])
-    ax.set_xticklabels([f"{lv:.0%}" for lv in levels])
+    ax.set_xticklabels([f"{lv:.0%}" for lv in levels], fontsize=11)
     ax.set_ylim(max(0.0, lo - 5), 100)
-    ax.set_title("top-1 (%) at each sparsity, best regime per method", pad=20)
-    ax.legend(loc="upper right", bbox_to_anchor=(1.35, 1.1), fontsize=9)
+    ax.set_rlabel_position(180.0 / len(levels))  # between the first two spokes
+    ax.tick_params(axis="y", labelsize=8, labelcolor="dimgray")
+    fig.suptitle("top-1 (%) at each sparsity, best regime per method", fontsize=13)
+    ax.legend(loc="center left", bbox_to_anchor=(1.12, 0.5), fontsize=9)
     _savefig(fig, path)
     plt.close(fig)
     return True
 
 
-def write_report(paths: list[str | Path], out: str | Path) -> dict:
+def write_report(paths: list[str | Path], out: str | Path, published: str | Path | None = None) -> dict:
     out = Path(out)
+    pub = load_published(published)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     rows = collect(paths)
     agg = aggregate(rows)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "results.csv", _csv(rows))
-    md = _markdown(agg)
+    md = _markdown(agg, pub)
     write_text(out / "results.md", md)
     written = ["results.csv", "results.md"]
     for dataset in sorted({k[0] for k in agg}):

@@ -7,7 +7,12 @@ run). Every grid point is one run in ``OUT/runs/<hash>``, the hash of its resolv
 and the dense CE student are trained once per setting that determines them, in ``OUT/shared/``, and
 hard-linked into every run that needs them (so each run's compute accounting still counts them). Each
 run's rows go into ``OUT/results.sqlite`` (see :mod:`kdprune.experiments.store`). ``--jobs N`` runs N worker
-processes; ``--dry-run`` prints the plan and its estimated cost.
+processes (one GPU each, round-robin, where there are GPUs); ``--dry-run`` prints the plan and its
+estimated cost.
+
+Under ``torchrun --nproc_per_node N -m kdprune sweep`` every run trains with DDP on N processes, one run
+after another: rank 0 takes the file locks, decides what is finished and writes the store; the other
+ranks follow its decisions (broadcast), so all ranks walk the same plan.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from kdprune import distributed
+from kdprune.distributed import barrier, synced
 from kdprune.errors import UserError
 from kdprune.experiments.config import RunConfig, build_config, to_dict
 from kdprune.experiments.store import add_rows, all_rows
@@ -35,7 +42,7 @@ _DATA = ("dataset", "data_dir", "download", "batch_size", "optimizer", "momentum
 _TEACHER = _DATA + ("seed", "teacher_arch", "teacher_checkpoint", "teacher_epochs")
 _STUDENT = _TEACHER + ("arch", "student_checkpoint", "student_epochs", "alpha", "temperature", "kd_loss", "kd_eps",
                        "kd_t_squared")
-_DENSE = _DATA + ("seed", "arch", "student_epochs")
+_DENSE = _DATA + ("seed", "arch", "student_epochs", "rewind_epoch")
 
 
 def _hash(d: dict) -> str:
@@ -52,14 +59,19 @@ def load_sweep(path: str | Path) -> tuple[Path, list[RunConfig]]:
         raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(spec, dict) or set(spec) - {"out", "grid", "base"}:
         raise UserError(f"{path}: expected the keys out, grid and base")
-    grid, base = spec.get("grid") or {}, spec.get("base") or {}
-    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-        raise UserError(f"{path}: grid must map options to non-empty lists of values")
+    grids, base = spec.get("grid") or {}, spec.get("base") or {}
+    grids = grids if isinstance(grids, list) else [grids]  # a list of grids is their union
+    for grid in grids:
+        if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+            raise UserError(f"{path}: grid must map options to non-empty lists of values (or be a list of such)")
+    if not isinstance(base, dict):
+        raise UserError(f"{path}: base must map options to values")
     out = Path(spec.get("out") or "runs/sweep")
     configs = []
-    for values in itertools.product(*grid.values()):
+    points = [dict(zip(g, values)) for g in grids for values in itertools.product(*g.values())]
+    for grid_point in points:
         point = {**{k.replace("-", "_"): v for k, v in base.items()},
-                 **{k.replace("-", "_"): v for k, v in zip(grid, values)}}
+                 **{k.replace("-", "_"): v for k, v in grid_point.items()}}
         cfg = build_config(RunConfig, {k: v for k, v in point.items()})
         run_id = _hash({k: v for k, v in to_dict(cfg).items() if k not in _NOT_HASHED})
         configs.append(replace(cfg, out=str(out / "runs" / run_id), progress=False))
@@ -88,18 +100,26 @@ def _shared_dir(out: Path, cfg: RunConfig, stage: str, keys: tuple) -> Path:
 
 @contextmanager
 def _lock(path: Path, wait: bool):
-    """An exclusive advisory lock on ``path`` (yields False when ``wait`` is off and another holds it)."""
+    """An exclusive advisory lock on ``path`` (yields False when ``wait`` is off and another holds it).
+
+    Under torchrun rank 0 holds it for all ranks, and every rank yields rank 0's answer.
+    """
+    if distributed.rank() != 0:
+        yield synced(lambda: None)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            got = True
         except BlockingIOError:
-            yield False
-            return
+            got = False
+        synced(lambda: got)
         try:
-            yield True
+            yield got
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            if got:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _train_shared(out: Path, cfg: RunConfig, stage: str, keys: tuple) -> None:
@@ -113,7 +133,7 @@ def _train_shared_locked(out: Path, cfg: RunConfig, stage: str, keys: tuple, sdi
     from kdprune.experiments.pipeline import RunContext
     from kdprune.experiments.stages import make_env
 
-    if (sdir / stage / "metrics.json").is_file():
+    if synced((sdir / stage / "metrics.json").is_file):
         return
     ctx = RunContext(replace(cfg, out=str(sdir)), make_env(cfg), sdir, (), [])
     if stage == "student":  # the student needs its teacher: link the shared one in first
@@ -122,6 +142,12 @@ def _train_shared_locked(out: Path, cfg: RunConfig, stage: str, keys: tuple, sdi
 
 
 def _link_stage(src: Path, dst: Path) -> None:
+    if distributed.rank() == 0:
+        _link_stage_files(src, dst)
+    barrier()
+
+
+def _link_stage_files(src: Path, dst: Path) -> None:
     if (dst / "metrics.json").is_file() or not (src / "metrics.json").is_file():
         return
     tmp = dst.with_name(dst.name + ".linking")
@@ -175,7 +201,7 @@ def _run_one(cfg: RunConfig, out: Path) -> int:
             _train_shared(out, cfg, stage, keys)
             _link_stage(_shared_dir(out, cfg, stage, keys) / stage, Path(cfg.out) / stage)
         rows = run_pipeline(replace(cfg, resume=True))
-        return add_rows(out / "results.sqlite", run_id(cfg), rows)
+        return add_rows(out / "results.sqlite", run_id(cfg), rows) if distributed.rank() == 0 else 0
 
 
 def _worker(args) -> tuple[str, int]:
@@ -186,6 +212,23 @@ def _worker(args) -> tuple[str, int]:
     return run_id(cfg), _run_one(cfg, out)
 
 
+def gpu_plan(jobs: int, n_gpus: int) -> list[int]:
+    """The GPU of each of ``jobs`` workers: round-robin, so N workers on N GPUs get one each."""
+    return [i % n_gpus for i in range(jobs)] if n_gpus else []
+
+
+def _init_worker(gpus) -> None:
+    """Pin this worker to one GPU before anything touches CUDA (each worker takes one id off the queue)."""
+    import queue
+
+    if gpus is None:  # no GPUs
+        return
+    try:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get(timeout=5))
+    except queue.Empty:
+        pass
+
+
 def _shared_worker(args) -> None:
     import torch
 
@@ -194,10 +237,19 @@ def _shared_worker(args) -> None:
     _train_shared(out, cfg, stage, keys)
 
 
+def _quiet(_msg: str) -> None:
+    pass
+
+
 def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print) -> list[dict]:
     out, configs = load_sweep(path)
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
+    if distributed.is_distributed():
+        if jobs != 1:
+            raise UserError("under torchrun every run uses all processes: drop --jobs")
+        if distributed.rank() != 0:
+            log = _quiet
     if dry_run:
         from kdprune.data import load_dataset
 
@@ -223,7 +275,7 @@ def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print)
         for stage, keys in _shared_stages(cfg):
             d = _shared_dir(out, cfg, stage, keys)
             shared.setdefault((stage, d), cfg)
-    todo = [c for c in configs if status(c) != "done"]
+    todo = synced(lambda: [c for c in configs if status(c) != "done"])
     log(f"{len(configs)} runs: {len(configs) - len(todo)} done, {len(todo)} to run; {len(shared)} shared stages")
     threads = max(1, (os.cpu_count() or 1) // jobs)
     order = sorted(shared.items(), key=lambda kv: kv[0][0] == "student")  # teachers before students
@@ -236,8 +288,16 @@ def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print)
     else:
         import multiprocessing as mp
 
+        import torch
+
         ctx = mp.get_context("spawn")
-        with ctx.Pool(jobs) as pool:
+        gpus = ctx.Queue()
+        plan = gpu_plan(jobs, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        for g in plan:
+            gpus.put(g)
+        if plan:
+            log(f"{jobs} workers on GPUs {plan}")
+        with ctx.Pool(jobs, initializer=_init_worker, initargs=(gpus if plan else None,)) as pool:
             for phase in ("teacher", "dense-ce", "student"):
                 pool.map(_shared_worker, [(out, cfg, stage, dict(_shared_stages(cfg))[stage], threads)
                                           for (stage, d), cfg in order if stage == phase])
@@ -245,10 +305,11 @@ def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print)
                 log(f"run {rid}: {n} new results")
     # runs finished earlier but missing from the store (e.g. killed between finishing and recording)
     for cfg in configs:
-        if status(cfg) == "done":
+        if distributed.rank() == 0 and status(cfg) == "done":
             from kdprune.io import read_jsonl
 
             add_rows(out / "results.sqlite", run_id(cfg), read_jsonl(Path(cfg.out) / "results.jsonl"))
+    barrier()
     rows = all_rows(out / "results.sqlite")
     log(f"{len(rows)} results in {out / 'results.sqlite'}; `kdprune report {out}/runs --out REPORT` for tables")
     return rows
