@@ -99,10 +99,12 @@ def main() -> None:
         import onnxruntime as ort
 
         onnx_path = Path(tempfile.mkdtemp()) / "m.onnx"
-        torch.onnx.export(model, (x,), str(onnx_path), input_names=["x"], dynamo=False)
+        from kdprune.deploy.exporting import onnx_export
+
+        onnx_export(model, x, str(onnx_path))  # the exporter `kdprune export --format onnx` uses
         sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         xn = x.numpy()
-        fns["ONNX Runtime"] = loop(lambda: sess.run(None, {"x": xn}))
+        fns["ONNX Runtime"] = loop(lambda: sess.run(None, {"images": xn}))
     except ImportError:
         print("onnxruntime not installed: skipping the ONNX Runtime path (pip install 'kdprune[export]')")
     sec = median_seconds(fns, args.repeats)

@@ -82,6 +82,7 @@ def test_onnx_export_matches_pytorch(pruned_run, run_cli):
     run, model, _ = pruned_run
     code, out, err = run_cli("export", run, "--format", "onnx")
     assert code == 0, err
+    assert "(torch.export exporter)" in out  # onnxscript comes with the test extras: not the deprecated path
     sess = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
     x = torch.randn(5, 1, 8, 8)
     got = torch.from_numpy(sess.run(None, {"images": x.numpy()})[0])

@@ -90,7 +90,7 @@ def _deploy(args: argparse.Namespace) -> int:
     r = exporting.export(args.run, args.format, args.output, args.arch, args.fp16, args.image_size)
     line = f"wrote {r['output']} ({r['bytes']:,} bytes, {r['size_ratio']:.3f} of the dense file)"
     if "onnx_max_abs_diff" in r:
-        line += f"; ONNX Runtime vs PyTorch max |diff| {r['onnx_max_abs_diff']:.2e}"
+        line += f"; ONNX Runtime vs PyTorch max |diff| {r['onnx_max_abs_diff']:.2e} ({r['onnx_exporter']} exporter)"
     print(line)
     return 0
 

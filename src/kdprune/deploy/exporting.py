@@ -160,8 +160,7 @@ def _export_onnx(info: dict, out: Path, size: int | None, atol: float) -> dict:
     model = build_model(info)
     x = torch.randn(2, info["in_channels"], size, size, generator=torch.Generator().manual_seed(0))
     with atomic_path(out) as tmp:
-        torch.onnx.export(model, (x,), str(tmp), input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        exporter = onnx_export(model, x, str(tmp))
         onnx.checker.check_model(str(tmp))
         sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         xs = torch.randn(8, info["in_channels"], size, size, generator=torch.Generator().manual_seed(1))
@@ -171,4 +170,25 @@ def _export_onnx(info: dict, out: Path, size: int | None, atol: float) -> dict:
         diff = float((got - want).abs().max())
         if diff > atol:
             raise RuntimeError(f"ONNX Runtime output differs from PyTorch by {diff:.2e} (> {atol})")
-    return {"onnx_max_abs_diff": diff, "image_size": size}
+    return {"onnx_max_abs_diff": diff, "image_size": size, "onnx_exporter": exporter}
+
+
+def onnx_export(model: torch.nn.Module, x: torch.Tensor, path: str) -> str:
+    """torch.export-based ONNX export (needs onnxscript); the legacy TorchScript exporter without it."""
+    import logging
+
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError:
+        torch.onnx.export(model, (x,), path, input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        return "torchscript"
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)  # it warns about every torchvision op it cannot register
+    try:
+        torch.onnx.export(model, (x,), path, input_names=["images"], output_names=["logits"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
+    finally:
+        log.setLevel(level)
+    return "torch.export"
