@@ -116,3 +116,37 @@ base:
     cmd[6] = str(_free_port())
     again = _run(cmd, env)
     assert again.returncode == 0 and "2 runs: 2 done, 0 to run" in again.stdout, again.stderr[-3000:]
+
+
+def _unwritable_worker(rank, world, port, out_dir):
+    from pathlib import Path
+
+    from kdprune.errors import UserError
+    from kdprune.experiments.config import RunConfig, build_config
+    from kdprune.experiments.stages import prepare_out
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        if rank == 0:  # only rank 0 (the writer) meets the refusal; root may write anywhere, so simulate it
+            def refuse(self, *a, **k):
+                raise PermissionError(13, "Permission denied", str(self))
+
+            Path.mkdir = refuse
+        cfg = build_config(RunConfig, {"out": os.path.join(out_dir, "locked", "run")})
+        try:
+            prepare_out(cfg, "run", rank == 0)
+            verdict = "no error"
+        except UserError as e:
+            verdict = str(e)
+        with open(os.path.join(out_dir, f"verdict{rank}.txt"), "w") as f:
+            f.write(verdict)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_user_error_on_rank_0_reaches_every_rank(tmp_path):
+    """Rank 0 cannot write --out: every rank raises the same one-line error instead of waiting at a barrier."""
+    mp.spawn(_unwritable_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    v0, v1 = ((tmp_path / f"verdict{r}.txt").read_text() for r in (0, 1))
+    assert v0 == v1 and v0.startswith("cannot write to --out")

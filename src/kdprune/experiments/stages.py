@@ -111,18 +111,19 @@ def prepare_out(cfg, command: str, is_main: bool = True) -> Path:
             if k not in _RESUMABLE_KEYS and k != "kdprune_version" and old.get(k) != v:
                 raise UserError(f"cannot resume {out}: {k} was {old.get(k)!r}, now {v!r}")
         return out
-    if not is_main:
-        distributed.barrier()  # wait for rank 0 to create the folder
-        return out
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write to --out {out}: {e.strerror or e}") from None
-    write_yaml(saved, resolved)
-    distributed.barrier()
+    error = None
+    if is_main:  # rank 0 creates the folder; every rank gets its verdict, so none waits for a dead rank 0
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+            write_yaml(saved, resolved)
+        except OSError as e:
+            error = f"cannot write to --out {out}: {e.strerror or e}"
+    error = distributed.synced(lambda: error)
+    if error:
+        raise UserError(error)
     return out
 
 
