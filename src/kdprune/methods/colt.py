@@ -1,4 +1,4 @@
-"""COLT: cyclic overlapping lottery tickets (the paper's iterative, class-partitioned baseline).
+"""COLT: cyclic overlapping lottery tickets (Hossain et al. 2025; the paper's iterative, class-partitioned baseline).
 
 Per round ``k``:
 

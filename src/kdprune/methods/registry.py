@@ -40,7 +40,7 @@ METHODS: dict[str, Method] = dict([
        "Linear Mode Connectivity and the Lottery Ticket Hypothesis (rewinding), ICML 2020"),
     _m("colt", "colt", "magnitude",
        "cyclic overlapping lottery tickets: class-partitioned tickets per round, mask intersection, rewind",
-       "COLT: Cyclic Overlapping Lottery Tickets for Faster Pruning of CNNs (the paper's iterative baseline)"),
+       "Hossain et al., COLT: Cyclic Overlapping Lottery Tickets for Faster Pruning of CNNs, 2025"),
     _m("epg", "epsd", "snip",
        "early pruning: prune after --epsd-warmup-epochs by CE saliency |w*dCE/dw|, then CE training "
        "(kdprune's reading of the paper's EPG baseline; the EPSD recipe without self-distillation)",
