@@ -83,6 +83,9 @@ def test_onnx_export_matches_pytorch(pruned_run, run_cli):
     code, out, err = run_cli("export", run, "--format", "onnx")
     assert code == 0, err
     assert "(torch.export exporter)" in out  # onnxscript comes with the test extras: not the deprecated path
+    # one self-contained file holding every weight (no side .data file, nothing temporary left behind)
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".") or p.name.endswith(".data")]
+    assert (run / "model.onnx").stat().st_size > 0.9 * (run / "model.safetensors").stat().st_size
     sess = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
     x = torch.randn(5, 1, 8, 8)
     got = torch.from_numpy(sess.run(None, {"images": x.numpy()})[0])

@@ -188,7 +188,8 @@ def onnx_export(model: torch.nn.Module, x: torch.Tensor, path: str) -> str:
     log.setLevel(logging.ERROR)  # it warns about every torchvision op it cannot register
     try:
         torch.onnx.export(model, (x,), path, input_names=["images"], output_names=["logits"],
-                          dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
+                          external_data=False)  # one self-contained file (weights inside), not path + path.data
     finally:
         log.setLevel(level)
     return "torch.export"
