@@ -13,7 +13,7 @@ from kdprune.deploy.sparse_format import is_sparse_file, load_sparse, save_spars
 from kdprune.errors import UserError
 from kdprune.io import atomic_path, is_safetensors, read_json, save_tensors
 from kdprune.models import create_model
-from kdprune.models.weights import load_weights, read_state_dict
+from kdprune.models.weights import read_state_dict
 
 IMAGE_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "tinyimagenet": 64}
 

@@ -37,9 +37,9 @@ from kdprune.models import create_model
 from kdprune.models.weights import load_weights
 from kdprune.pruning.criteria import get_criterion
 from kdprune.pruning.masks import MaskSet, sparsity_report
-from kdprune.pruning.prunable import prunable_parameters
+from kdprune.pruning.prunable import prunable_parameters, unwrap
 from kdprune.pruning.threshold import global_masks, layerwise_masks
-from kdprune.train import evaluate
+from kdprune.train import Callback, evaluate
 
 
 def _model(arch: str, env: Env, seed: int) -> torch.nn.Module:
@@ -96,13 +96,9 @@ def prune_checkpoint(cfg: PruneConfig) -> dict:
     out = prepare_out(cfg, "prune", env.is_main)
     dense_top1 = evaluate(model, env.test, cfg.amp)["top1"]
     params = prunable_parameters(model, cfg.prune_first, cfg.prune_last)
-    d = env.data
     t0 = time.perf_counter()
     keep = crit.masks_for(model, params, iter(env.score_loader(cfg.seed)) if crit.needs_data else None,
-                          cfg.sparsity, cfg.scope, objective=_distillation(cfg), teacher=teacher, seed=cfg.seed,
-                          form=cfg.score_form, num_batches=_score_batches(cfg, env),
-                          input_shape=(d.in_channels, d.image_size, d.image_size),
-                          synflow_iterations=cfg.synflow_iterations, grasp_temperature=cfg.grasp_temperature)
+                          cfg.sparsity, cfg.scope, **_criterion_kwargs(cfg, env, teacher))
     score_s = time.perf_counter() - t0
     masks = MaskSet(keep).bind(model)
     masks.apply_()
@@ -137,6 +133,17 @@ def _add(a: dict, b: dict) -> dict:
     return {k: a.get(k, 0) + b.get(k, 0) for k in _COST_KEYS}
 
 
+class SaveRewindPoint(Callback):
+    """Saves the weights after epoch ``rewind_epoch`` of dense training (0 is handled before training)."""
+
+    def __init__(self, path: Path, rewind_epoch: int):
+        self.path, self.rewind_epoch = path, rewind_epoch
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        if epoch + 1 == self.rewind_epoch and trainer.is_main:
+            save_tensors(self.path, unwrap(trainer.model).state_dict())
+
+
 @dataclass
 class RunContext:
     """What every recipe shares: config, data, output folder and the (lazily trained) shared stages."""
@@ -158,11 +165,6 @@ class RunContext:
 
     def model(self, arch: str | None = None, seed_offset: int = 1) -> torch.nn.Module:
         return _model(arch or self.cfg.arch, self.env, self.cfg.seed + seed_offset)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        d = self.env.data
-        return (d.in_channels, d.image_size, d.image_size)
 
     def teacher(self) -> tuple[torch.nn.Module, dict]:
         """The teacher (loaded or trained once) and its metrics."""
@@ -209,8 +211,6 @@ class RunContext:
         sweep) serves IMP and COLT too.
         """
         if self._dense_ce is None:
-            from kdprune.methods.imp import SaveRewindPoint
-
             cfg = self.cfg
             student = self.model()
             if cfg.rewind_epoch == 0 and self.env.is_main and not self.rewind_file.exists():
@@ -232,6 +232,10 @@ class RunContext:
 
     def teacher_for(self, regime: str):
         return self.teacher()[0] if regime == "kd" else None
+
+    def teacher_metrics(self, regime: str) -> dict | None:
+        """The teacher's metrics in the kd regime (its training is part of that regime's cost), else None."""
+        return self.teacher()[1] if regime == "kd" else None
 
     def pruned_top1(self, sdir: Path, model: torch.nn.Module, masks: MaskSet, params: list[str],
                     name: str = "pruned.json") -> dict:
@@ -287,10 +291,11 @@ def _score_batches(cfg, env: Env) -> int:
     return cfg.score_batches or min(len(env.train), 100)
 
 
-def _criterion_kwargs(ctx: RunContext, teacher) -> dict:
-    cfg = ctx.cfg
+def _criterion_kwargs(cfg, env: Env, teacher) -> dict:
+    """What every criterion's ``score``/``masks_for`` takes besides the model, parameters and batches."""
+    d = env.data
     return dict(objective=_distillation(cfg), teacher=teacher, seed=cfg.seed, form=cfg.score_form,
-                num_batches=_score_batches(cfg, ctx.env), input_shape=ctx.input_shape,
+                num_batches=_score_batches(cfg, env), input_shape=(d.in_channels, d.image_size, d.image_size),
                 synflow_iterations=cfg.synflow_iterations, grasp_temperature=cfg.grasp_temperature)
 
 
@@ -303,7 +308,7 @@ def _post_training(ctx: RunContext) -> None:
     params = prunable_parameters(student, cfg.prune_first, cfg.prune_last)
     score_file = out / "scores.safetensors"
     batches = lambda: iter(env.score_loader(cfg.seed)) if crit.needs_data else None  # noqa: E731
-    kwargs = _criterion_kwargs(ctx, teacher if crit.needs_teacher else None)
+    kwargs = _criterion_kwargs(cfg, env, teacher if crit.needs_teacher else None)
     if crit.iterative:
         scores, score_info = None, {"method": cfg.method, "seconds": 0.0, "batches": 0}
     elif synced(lambda: score_file.is_file() and (out / "scores.json").is_file()):
@@ -354,7 +359,7 @@ def _at_init(ctx: RunContext) -> None:
         else:
             t0 = time.perf_counter()
             batches = iter(env.score_loader(cfg.seed)) if crit.needs_data else None
-            masks = MaskSet(crit.masks_for(init, params, batches, s, cfg.scope, **_criterion_kwargs(ctx, None)))
+            masks = MaskSet(crit.masks_for(init, params, batches, s, cfg.scope, **_criterion_kwargs(cfg, env, None)))
             scoring = {"seconds": time.perf_counter() - t0,
                        "batches": _score_batches(cfg, env) if crit.needs_data else 0}
             if env.is_main:
@@ -365,10 +370,10 @@ def _at_init(ctx: RunContext) -> None:
         for regime in ctx.regimes:
             rdir = sdir / regime
             m, _ = ctx.retrain(rdir, s, regime, init_state, masks, cfg.student_epochs, cfg.lr, f"sparse {s:g} {regime}")
-            teacher_cost = _cost(ctx.teacher()[1]) if regime == "kd" else _cost(None)
-            teacher_top1 = ctx.teacher()[1]["top1"] if regime == "kd" else None
-            cost = _add(_add(teacher_cost, _cost(m)), {"wall_seconds": scoring["seconds"]})
-            ctx.record(s, regime, m, pruned, dense["top1"], teacher_top1, cost, scoring["batches"], rdir)
+            tm = ctx.teacher_metrics(regime)
+            cost = _add(_add(_cost(tm), _cost(m)), {"wall_seconds": scoring["seconds"]})
+            ctx.record(s, regime, m, pruned, dense["top1"], tm["top1"] if tm else None, cost, scoring["batches"],
+                       rdir)
 
 
 def run_pipeline(cfg: RunConfig, callbacks=()) -> list[dict]:

@@ -72,7 +72,7 @@ def load_sweep(path: str | Path) -> tuple[Path, list[RunConfig]]:
     for grid_point in points:
         point = {**{k.replace("-", "_"): v for k, v in base.items()},
                  **{k.replace("-", "_"): v for k, v in grid_point.items()}}
-        cfg = build_config(RunConfig, {k: v for k, v in point.items()})
+        cfg = build_config(RunConfig, point)
         run_id = _hash({k: v for k, v in to_dict(cfg).items() if k not in _NOT_HASHED})
         configs.append(replace(cfg, out=str(out / "runs" / run_id), progress=False))
     return out, configs
@@ -182,10 +182,9 @@ def estimate(cfg: RunConfig, n_train: int | None = None) -> dict:
     elif recipe == "epsd":
         epochs = cfg.student_epochs * (1 + n_s) + cfg.epsd_warmup_epochs
     else:  # imp, colt: rounds from the schedule (COLT's are an upper bound)
-        from kdprune.methods.imp import schedule
+        from kdprune.methods.imp import rate_per_round, schedule
 
-        rate = cfg.rate if cfg.rounds is None else 1 - (1 - max(cfg.sparsity)) ** (1 / cfg.rounds)
-        rounds = len(schedule(cfg.sparsity, rate))
+        rounds = len(schedule(cfg.sparsity, rate_per_round(cfg)))
         epochs = cfg.student_epochs * (1 + rounds * regimes + (n_s * regimes if recipe == "colt" else 0))
     return {"epochs": epochs, "images": epochs * n_train if n_train else None}
 

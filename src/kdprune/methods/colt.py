@@ -51,9 +51,12 @@ def worst_ranks(tickets: list[dict[str, torch.Tensor]], names: list[str],
 
 def colt_masks(tickets: list[dict[str, torch.Tensor]], names: list[str], shapes: dict[str, torch.Size],
                masks: dict[str, torch.Tensor] | None, sparsity: float) -> dict[str, torch.Tensor]:
-    worst = worst_ranks(tickets, names, masks)
-    n = worst.numel()
-    keep = _keep_mask(-worst.double(), int(round(sparsity * n)))
+    return _masks_from_worst(worst_ranks(tickets, names, masks), names, shapes, sparsity)
+
+
+def _masks_from_worst(worst: torch.Tensor, names: list[str], shapes: dict[str, torch.Size],
+                      sparsity: float) -> dict[str, torch.Tensor]:
+    keep = _keep_mask(-worst.double(), int(round(sparsity * worst.numel())))
     return split_flat(keep, {name: shapes[name] for name in names})
 
 
@@ -99,7 +102,7 @@ def run_colt(ctx) -> None:
         natural = 1.0 - int((worst < round((1.0 - cfg.rate) * remaining)).sum()) / n_total
         is_target = natural >= todo[0] - 1e-9
         s = todo.pop(0) if is_target else natural
-        masks = MaskSet(colt_masks(tickets, names, shapes, masks.masks if masks else None, s))
+        masks = MaskSet(_masks_from_worst(worst, names, shapes, s))  # the ranks sorted once per round
         current = s
         if env.is_main:
             masks.save(rdir / "masks.safetensors")
@@ -114,6 +117,6 @@ def run_colt(ctx) -> None:
         for regime in ctx.regimes:
             m, _ = ctx.retrain(sdir / regime, s, regime, init_state, masks, cfg.student_epochs, cfg.lr,
                                f"colt final {s:g} {regime}")
-            total = _add(_add(cost, _cost(m)), _cost(ctx.teacher()[1]) if regime == "kd" else {})
-            teacher_top1 = ctx.teacher()[1]["top1"] if regime == "kd" else None
-            ctx.record(s, regime, m, pruned, dense["top1"], teacher_top1, total, 0, sdir / regime)
+            tm = ctx.teacher_metrics(regime)
+            total = _add(_add(cost, _cost(m)), _cost(tm))
+            ctx.record(s, regime, m, pruned, dense["top1"], tm["top1"] if tm else None, total, 0, sdir / regime)

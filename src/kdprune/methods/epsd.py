@@ -28,7 +28,6 @@ from kdprune.io import read_json, write_json
 from kdprune.losses import CrossEntropy
 from kdprune.losses.self_distill import SELF_DISTILLATION
 from kdprune.pruning.criteria import loss_gradient_scores
-from kdprune.pruning.masks import MaskSet
 from kdprune.pruning.prunable import prunable_parameters
 
 

@@ -23,25 +23,15 @@ from __future__ import annotations
 
 import torch
 
-from kdprune.distributed import barrier
-from kdprune.io import load_tensors, save_tensors
+from kdprune.io import load_tensors
 from kdprune.pruning.masks import MaskSet
 from kdprune.pruning.prunable import prunable_parameters
 from kdprune.pruning.threshold import global_masks, layerwise_masks
-from kdprune.train import Callback
 
 
-class SaveRewindPoint(Callback):
-    """Saves the weights after epoch ``rewind_epoch`` of dense training (0 is handled before training)."""
-
-    def __init__(self, path, rewind_epoch: int):
-        self.path, self.rewind_epoch = path, rewind_epoch
-
-    def on_epoch_end(self, trainer, epoch, metrics):
-        from kdprune.pruning.prunable import unwrap
-
-        if epoch + 1 == self.rewind_epoch and trainer.is_main:
-            save_tensors(self.path, unwrap(trainer.model).state_dict())
+def rate_per_round(cfg) -> float:
+    """``--rate``, or with ``--rounds N`` the rate that reaches the highest target in N rounds."""
+    return cfg.rate if cfg.rounds is None else 1.0 - (1.0 - max(cfg.sparsity)) ** (1.0 / cfg.rounds)
 
 
 def schedule(targets: list[float], rate: float) -> list[tuple[float, bool]]:
@@ -61,7 +51,7 @@ def run_imp(ctx) -> None:
     from kdprune.experiments.pipeline import _add, _cost, _log
 
     cfg, env, out = ctx.cfg, ctx.env, ctx.out
-    rate = cfg.rate if cfg.rounds is None else 1.0 - (1.0 - max(cfg.sparsity)) ** (1.0 / cfg.rounds)
+    rate = rate_per_round(cfg)
     dense_model, dense = ctx.dense_ce()
     rewind_state = load_tensors(ctx.rewind_file)
     dense_state = {k: v.clone() for k, v in dense_model.state_dict().items()}
@@ -71,7 +61,8 @@ def run_imp(ctx) -> None:
     threshold = global_masks if cfg.scope == "global" else layerwise_masks
     for regime in ctx.regimes:
         state, masks = dense_state, None
-        cost = _add(_cost(dense), _cost(ctx.teacher()[1]) if regime == "kd" else {})
+        tm = ctx.teacher_metrics(regime)
+        cost = _add(_cost(dense), _cost(tm))
         for k, (s, is_target) in enumerate(rounds, 1):
             model = ctx.model(seed_offset=2)
             model.load_state_dict(state)
@@ -91,5 +82,4 @@ def run_imp(ctx) -> None:
             cost = _add(cost, _cost(m))
             state = {name: v.detach().clone() for name, v in trained.state_dict().items()}
             if is_target:
-                teacher_top1 = ctx.teacher()[1]["top1"] if regime == "kd" else None
-                ctx.record(s, regime, m, pruned, dense["top1"], teacher_top1, cost, 0, rdir)
+                ctx.record(s, regime, m, pruned, dense["top1"], tm["top1"] if tm else None, cost, 0, rdir)
