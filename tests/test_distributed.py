@@ -122,7 +122,7 @@ def _unwritable_worker(rank, world, port, out_dir):
 
     from kdprune.errors import UserError
     from kdprune.experiments.config import RunConfig, build_config
-    from kdprune.experiments.stages import prepare_out
+    from kdprune.experiments.outdir import prepare_out
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)

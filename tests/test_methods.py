@@ -125,7 +125,7 @@ def test_colt_end_to_end_and_cost_counts_every_ticket(tmp_path):
 
 def test_epg_mask_is_the_ce_saliency_of_the_warmed_up_weights(tmp_path):
     """EPG: after CE warmup, keep the weights with the largest sum_b |w * dCE_b/dw| (computed here by hand)."""
-    from kdprune.experiments.stages import make_env
+    from kdprune.train.stage import make_env
     from kdprune.pruning.prunable import prunable_parameters
 
     cfg = _cfg(tmp_path, "epg", sparsity="0.8", epsd_warmup_epochs=1)

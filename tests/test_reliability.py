@@ -96,7 +96,7 @@ def test_full_disk_is_one_line_and_keeps_finished_stages(tmp_path, run_cli, monk
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(path, *a, **k)
 
-    monkeypatch.setattr("kdprune.experiments.stages.save_tensors", failing)
+    monkeypatch.setattr("kdprune.train.stage.save_tensors", failing)
     code, _, err = run_cli(*ARGS[:1], *TINY_RUN, "--sparsity", "0.5", "--out", tmp_path / "r")
     errors = [l for l in err.splitlines() if l.startswith("kdprune: error:")]
     assert code == 2 and len(errors) == 1 and "No space left on device" in errors[0] and "Traceback" not in err

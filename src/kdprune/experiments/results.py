@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 
-def result_key(row: dict) -> tuple:
-    return (row["method"], row["dataset"], row["arch"], row["seed"], float(row["target_sparsity"]), row["regime"])
+from kdprune.methods.context import result_key  # noqa: F401  (re-exported: the key of a result row)
 
 
 def format_table(rows: list[dict]) -> str:

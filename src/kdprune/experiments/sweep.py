@@ -130,8 +130,8 @@ def _train_shared(out: Path, cfg: RunConfig, stage: str, keys: tuple) -> None:
 
 
 def _train_shared_locked(out: Path, cfg: RunConfig, stage: str, keys: tuple, sdir: Path) -> None:
-    from kdprune.experiments.pipeline import RunContext
-    from kdprune.experiments.stages import make_env
+    from kdprune.methods.context import RunContext
+    from kdprune.train.stage import make_env
 
     if synced((sdir / stage / "metrics.json").is_file):
         return

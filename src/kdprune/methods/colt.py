@@ -29,9 +29,11 @@ import torch
 from kdprune.data import TensorLoader
 from kdprune.distributed import barrier
 from kdprune.losses import CrossEntropy
+from kdprune.methods.context import add_cost, cost_of, log, sparsity_dir
 from kdprune.pruning.masks import MaskSet
 from kdprune.pruning.prunable import prunable_parameters
 from kdprune.pruning.threshold import _keep_mask, split_flat
+from kdprune.train.stage import optim_spec, run_training_stage
 
 
 def worst_ranks(tickets: list[dict[str, torch.Tensor]], names: list[str],
@@ -69,9 +71,6 @@ def _subset(loader: TensorLoader, labels: torch.Tensor, classes: list[int], seed
 
 
 def run_colt(ctx) -> None:
-    from kdprune.experiments.pipeline import _add, _cost, _log, _sparsity_dir
-    from kdprune.experiments.stages import optim_spec, run_training_stage
-
     cfg, env, out = ctx.cfg, ctx.env, ctx.out
     parts = cfg.colt_partitions
     _, dense = ctx.dense_ce()
@@ -83,8 +82,8 @@ def run_colt(ctx) -> None:
     groups = [list(range(env.data.num_classes))[p::parts] for p in range(parts)]
     envs = [replace(env, train=_subset(env.train, env.train.labels, g, cfg.seed + 17 * (p + 1)),
                     test=_subset(env.test, env.test.labels, g, 0)) for p, g in enumerate(groups)]
-    _log(env, f"COLT: {parts} class-partitioned tickets per round, each pruning {cfg.rate:.0%} of the remaining")
-    todo, masks, cost, k, current = sorted(cfg.sparsity), None, _cost(None), 0, 0.0
+    log(env, f"COLT: {parts} class-partitioned tickets per round, each pruning {cfg.rate:.0%} of the remaining")
+    todo, masks, cost, k, current = sorted(cfg.sparsity), None, cost_of(None), 0, 0.0
     while todo:
         k += 1
         rdir = out / "colt" / f"round-{k:02d}"
@@ -95,7 +94,7 @@ def run_colt(ctx) -> None:
             m = run_training_stage(rdir / f"ticket-{p}", model, CrossEntropy(), optim_spec(cfg), cfg.student_epochs,
                                    envs[p], cfg, desc=f"colt {k} ticket {p}", masks=masks,
                                    callbacks=ctx.callbacks, extra={"classes": groups[p]})
-            cost = _add(cost, _cost(m))
+            cost = add_cost(cost, cost_of(m))
             tickets.append(model.state_dict())
         remaining = round((1.0 - current) * n_total)
         worst = worst_ranks(tickets, names, masks.masks if masks else None)
@@ -107,10 +106,10 @@ def run_colt(ctx) -> None:
         if env.is_main:
             masks.save(rdir / "masks.safetensors")
         barrier()
-        _log(env, f"COLT round {k}: sparsity {s:.4f}")
+        log(env, f"COLT round {k}: sparsity {s:.4f}")
         if not is_target:
             continue
-        sdir = _sparsity_dir(out, s)
+        sdir = sparsity_dir(out, s)
         probe = ctx.model()
         probe.load_state_dict(init_state)
         pruned = ctx.pruned_top1(sdir, probe, masks, names)
@@ -118,5 +117,5 @@ def run_colt(ctx) -> None:
             m, _ = ctx.retrain(sdir / regime, s, regime, init_state, masks, cfg.student_epochs, cfg.lr,
                                f"colt final {s:g} {regime}")
             tm = ctx.teacher_metrics(regime)
-            total = _add(_add(cost, _cost(m)), _cost(tm))
+            total = add_cost(add_cost(cost, cost_of(m)), cost_of(tm))
             ctx.record(s, regime, m, pruned, dense["top1"], tm["top1"] if tm else None, total, 0, sdir / regime)

@@ -27,8 +27,10 @@ from kdprune.distributed import barrier, synced
 from kdprune.io import read_json, write_json
 from kdprune.losses import CrossEntropy
 from kdprune.losses.self_distill import SELF_DISTILLATION
+from kdprune.methods.context import add_cost, cost_of, score_batches, sparsity_dir, threshold_masks
 from kdprune.pruning.criteria import loss_gradient_scores
 from kdprune.pruning.prunable import prunable_parameters
+from kdprune.train.stage import optim_spec, run_training_stage
 
 
 def _objective(sd: str | None, cfg):
@@ -39,9 +41,6 @@ def _objective(sd: str | None, cfg):
 
 
 def run_epsd(ctx) -> None:
-    from kdprune.experiments.pipeline import _add, _cost, _masks, _score_batches, _sparsity_dir
-    from kdprune.experiments.stages import optim_spec, run_training_stage
-
     cfg, env, out = ctx.cfg, ctx.env, ctx.out
     variant, sd = ("simple", None) if cfg.method == "epg" else cfg.method.split("-", 1)
     regime, has_state = ("plain", False) if sd is None else ("sd", True)
@@ -61,7 +60,7 @@ def run_epsd(ctx) -> None:
     warm_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     params = prunable_parameters(model, cfg.prune_first, cfg.prune_last)
     scores_info = out / "scores.json"
-    n_batches = _score_batches(cfg, env)
+    n_batches = score_batches(cfg, env)
     t0 = time.perf_counter()
     loader = env.score_loader(cfg.seed)
     if variant == "epsd":
@@ -77,8 +76,8 @@ def run_epsd(ctx) -> None:
         write_json(scores_info, {"method": cfg.method, "seconds": score_s, "batches": n_batches})
     score_s = read_json(scores_info)["seconds"] if synced(scores_info.is_file) else score_s
     for s in cfg.sparsity:
-        sdir = _sparsity_dir(out, s)
-        masks = _masks(cfg, scores, s)
+        sdir = sparsity_dir(out, s)
+        masks = threshold_masks(cfg, scores, s)
         model.load_state_dict(warm_state)
         pruned = ctx.pruned_top1(sdir, model, masks, list(params))
         rdir = sdir / regime
@@ -90,5 +89,5 @@ def run_epsd(ctx) -> None:
         m = run_training_stage(rdir, net, objective, optim_spec(cfg), cfg.student_epochs, env, cfg,
                                desc=f"{cfg.method} {s:g}", masks=masks, callbacks=ctx.callbacks,
                                extra={"target_sparsity": s, "regime": regime})
-        cost = _add(_add(_cost(warm), _cost(m)), {"wall_seconds": score_s})
+        cost = add_cost(add_cost(cost_of(warm), cost_of(m)), {"wall_seconds": score_s})
         ctx.record(s, regime, m, pruned, dense["top1"], None, cost, n_batches, rdir)

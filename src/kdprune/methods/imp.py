@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from kdprune.io import load_tensors
+from kdprune.methods.context import add_cost, cost_of, log
 from kdprune.pruning.masks import MaskSet
 from kdprune.pruning.prunable import prunable_parameters
 from kdprune.pruning.threshold import global_masks, layerwise_masks
@@ -48,21 +49,19 @@ def schedule(targets: list[float], rate: float) -> list[tuple[float, bool]]:
 
 
 def run_imp(ctx) -> None:
-    from kdprune.experiments.pipeline import _add, _cost, _log
-
     cfg, env, out = ctx.cfg, ctx.env, ctx.out
     rate = rate_per_round(cfg)
     dense_model, dense = ctx.dense_ce()
     rewind_state = load_tensors(ctx.rewind_file)
     dense_state = {k: v.clone() for k, v in dense_model.state_dict().items()}
     rounds = schedule(cfg.sparsity, rate)
-    _log(env, f"IMP: {len(rounds)} rounds at rate {rate:.3f}, rewind to epoch {cfg.rewind_epoch}"
+    log(env, f"IMP: {len(rounds)} rounds at rate {rate:.3f}, rewind to epoch {cfg.rewind_epoch}"
               + (" (random re-init)" if cfg.imp_reinit else ""))
     threshold = global_masks if cfg.scope == "global" else layerwise_masks
     for regime in ctx.regimes:
         state, masks = dense_state, None
         tm = ctx.teacher_metrics(regime)
-        cost = _add(_cost(dense), _cost(tm))
+        cost = add_cost(cost_of(dense), cost_of(tm))
         for k, (s, is_target) in enumerate(rounds, 1):
             model = ctx.model(seed_offset=2)
             model.load_state_dict(state)
@@ -79,7 +78,7 @@ def run_imp(ctx) -> None:
                 start = ctx.model(seed_offset=100 + k).state_dict()
             m, trained = ctx.retrain(rdir, s, regime, start, masks, cfg.student_epochs, cfg.lr,
                                      f"imp {k} {s:.3g} {regime}")
-            cost = _add(cost, _cost(m))
+            cost = add_cost(cost, cost_of(m))
             state = {name: v.detach().clone() for name, v in trained.state_dict().items()}
             if is_target:
                 ctx.record(s, regime, m, pruned, dense["top1"], tm["top1"] if tm else None, cost, 0, rdir)

@@ -1,4 +1,4 @@
-"""Building blocks shared by the commands: device, data, output folders and resumable stages.
+"""Resumable training stages, and the device and data they run on.
 
 A *stage* is one training job in its own folder. It is finished when its ``metrics.json`` exists
 (written last, atomically, after ``model.safetensors`` and ``masks.safetensors``); a finished stage is
@@ -14,20 +14,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from kdprune import __version__, distributed
+from kdprune import distributed
 from kdprune.data import ImageDataset, TensorLoader, load_dataset
 from kdprune.errors import UserError
-from kdprune.experiments.config import to_dict
-from kdprune.io import read_json, save_tensors, write_json, write_yaml
+from kdprune.io import read_json, save_tensors, write_json
 from kdprune.losses import Objective
 from kdprune.models.weights import read_state_dict
 from kdprune.pruning.masks import MaskSet, sparsity_report
 from kdprune.pruning.prunable import unwrap
 from kdprune.train import Callback, OptimSpec, Trainer
-
-# Keys that may change between an interrupted run and its resumption.
-_RESUMABLE_KEYS = {"resume", "progress", "device"}
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -92,39 +87,6 @@ def optim_spec(cfg, lr: float | None = None) -> OptimSpec:
     return OptimSpec(optimizer=cfg.optimizer, lr=cfg.lr if lr is None else lr, momentum=cfg.momentum,
                      nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
                      grad_clip=cfg.grad_clip)
-
-
-def prepare_out(cfg, command: str, is_main: bool = True) -> Path:
-    """Check ``--out`` and write ``config.yaml``; refuse to mix two different runs in one folder."""
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    saved = out / "config.yaml"
-    resolved = {"command": command, "kdprune_version": __version__, **to_dict(cfg)}
-    if distributed.synced(saved.is_file):
-        if not cfg.resume:
-            raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        import yaml
-
-        old = yaml.safe_load(saved.read_text()) or {}
-        for k, v in resolved.items():
-            if k not in _RESUMABLE_KEYS and k != "kdprune_version" and old.get(k) != v:
-                raise UserError(f"cannot resume {out}: {k} was {old.get(k)!r}, now {v!r}")
-        return out
-    error = None
-    if is_main:  # rank 0 creates the folder; every rank gets its verdict, so none waits for a dead rank 0
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            probe = out / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-            write_yaml(saved, resolved)
-        except OSError as e:
-            error = f"cannot write to --out {out}: {e.strerror or e}"
-    error = distributed.synced(lambda: error)
-    if error:
-        raise UserError(error)
-    return out
 
 
 def is_finished(stage_dir: Path) -> bool:

@@ -1,0 +1,46 @@
+"""The output folder of a command: checked, and stamped with the resolved config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdprune import __version__, distributed
+from kdprune.errors import UserError
+from kdprune.experiments.config import to_dict
+from kdprune.io import write_yaml
+
+# Keys that may change between an interrupted run and its resumption.
+_RESUMABLE_KEYS = {"resume", "progress", "device"}
+
+
+def prepare_out(cfg, command: str, is_main: bool = True) -> Path:
+    """Check ``--out`` and write ``config.yaml``; refuse to mix two different runs in one folder."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    saved = out / "config.yaml"
+    resolved = {"command": command, "kdprune_version": __version__, **to_dict(cfg)}
+    if distributed.synced(saved.is_file):
+        if not cfg.resume:
+            raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        import yaml
+
+        old = yaml.safe_load(saved.read_text()) or {}
+        for k, v in resolved.items():
+            if k not in _RESUMABLE_KEYS and k != "kdprune_version" and old.get(k) != v:
+                raise UserError(f"cannot resume {out}: {k} was {old.get(k)!r}, now {v!r}")
+        return out
+    error = None
+    if is_main:  # rank 0 creates the folder; every rank gets its verdict, so none waits for a dead rank 0
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+            write_yaml(saved, resolved)
+        except OSError as e:
+            error = f"cannot write to --out {out}: {e.strerror or e}"
+    error = distributed.synced(lambda: error)
+    if error:
+        raise UserError(error)
+    return out

@@ -1,0 +1,237 @@
+"""What every recipe shares: the run's config, data and folder, the shared stages and the bookkeeping.
+
+A :class:`RunContext` trains the shared stages lazily and once (the teacher, the KD student of the paper's
+step 2, and a dense CE student for the recipes that start from one), retrains a pruned copy under its
+masks in a resumable folder, and records one result row per (sparsity, regime) with its compute. A recipe
+(``kdprune.methods.teacher_guided``, ``at_init``, ``imp``, ``colt``, ``epsd``) is a function of a context.
+``cfg`` is any object with the ``RunConfig`` fields (``kdprune.experiments.config``); nothing here
+imports ``kdprune.experiments``, which orchestrates runs on top of this.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+
+import torch
+
+from kdprune.distributed import all_gather_object, barrier, synced
+from kdprune.errors import UserError
+from kdprune.io import append_jsonl, read_json, save_tensors, write_json, write_yaml
+from kdprune.losses import CrossEntropy, Distillation
+from kdprune.models import create_model
+from kdprune.models.weights import load_weights
+from kdprune.pruning.masks import MaskSet, sparsity_report
+from kdprune.pruning.prunable import unwrap
+from kdprune.pruning.threshold import global_masks, layerwise_masks
+from kdprune.train import Callback, evaluate
+from kdprune.train.stage import Env, is_finished, optim_spec, run_training_stage
+
+
+def result_key(row: dict) -> tuple:
+    return (row["method"], row["dataset"], row["arch"], row["seed"], float(row["target_sparsity"]), row["regime"])
+
+
+def config_dict(cfg) -> dict:
+    return asdict(cfg) if is_dataclass(cfg) else dict(vars(cfg))
+
+
+def build_model(arch: str, env: Env, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_model(arch, env.data.num_classes, env.data.in_channels).to(env.device)
+
+
+def distillation(cfg) -> Distillation:
+    return Distillation(cfg.alpha, cfg.temperature, cfg.kd_loss, cfg.kd_eps, cfg.kd_t_squared)
+
+
+def log(env: Env, msg: str) -> None:
+    if env.is_main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def threshold_masks(cfg, scores, sparsity: float) -> MaskSet:
+    fn = global_masks if cfg.scope == "global" else layerwise_masks
+    return MaskSet(fn(scores, sparsity))
+
+
+def sparsity_dir(out: Path, s: float) -> Path:
+    return out / f"sparsity-{s:g}"
+
+
+COST_KEYS = ("epochs", "images_fwd_bwd", "teacher_forwards", "wall_seconds")
+
+
+def cost_of(m: dict | None) -> dict:
+    return {k: (m or {}).get(k, 0) for k in COST_KEYS}
+
+
+def add_cost(a: dict, b: dict) -> dict:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in COST_KEYS}
+
+
+class SaveRewindPoint(Callback):
+    """Saves the weights after epoch ``rewind_epoch`` of dense training (0 is handled before training)."""
+
+    def __init__(self, path: Path, rewind_epoch: int):
+        self.path, self.rewind_epoch = path, rewind_epoch
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        if epoch + 1 == self.rewind_epoch and trainer.is_main:
+            save_tensors(self.path, unwrap(trainer.model).state_dict())
+
+
+@dataclass
+class RunContext:
+    """What every recipe shares: config, data, output folder and the (lazily trained) shared stages."""
+
+    cfg: object  # a RunConfig
+    env: Env
+    out: Path
+    callbacks: tuple
+    regimes: list[str]
+    done: set = field(default_factory=set)
+    rows: list[dict] = field(default_factory=list)
+    _teacher: tuple | None = None
+    _kd_student: tuple | None = None
+    _dense_ce: tuple | None = None
+
+    @property
+    def nc(self) -> int:
+        return self.env.data.num_classes
+
+    def model(self, arch: str | None = None, seed_offset: int = 1) -> torch.nn.Module:
+        return build_model(arch or self.cfg.arch, self.env, self.cfg.seed + seed_offset)
+
+    def teacher(self) -> tuple[torch.nn.Module, dict]:
+        """The teacher (loaded or trained once) and its metrics."""
+        if self._teacher is None:
+            cfg, env = self.cfg, self.env
+            teacher = build_model(cfg.teacher_arch, env, cfg.seed)
+            if cfg.teacher_checkpoint:
+                load_weights(teacher, cfg.teacher_checkpoint, cfg.teacher_arch, self.nc)
+                m = {"top1": evaluate(teacher, env.test, cfg.amp)["top1"], **cost_of(None)}
+            else:
+                m = run_training_stage(self.out / "teacher", teacher, CrossEntropy(), optim_spec(cfg),
+                                       cfg.teacher_epochs, env, cfg, desc=f"teacher {cfg.teacher_arch}",
+                                       callbacks=self.callbacks, extra={"arch": cfg.teacher_arch})
+            teacher.eval().requires_grad_(False)
+            log(env, f"teacher {cfg.teacher_arch}: top-1 {m['top1']:.2f}%")
+            self._teacher = (teacher, m)
+        return self._teacher
+
+    def kd_student(self) -> tuple[torch.nn.Module, dict]:
+        """The dense student trained under the teacher with L_total (the paper's step 2)."""
+        if self._kd_student is None:
+            cfg = self.cfg
+            teacher, _ = self.teacher()
+            student = self.model()
+            if cfg.student_checkpoint:
+                load_weights(student, cfg.student_checkpoint, cfg.arch, self.nc)
+            m = run_training_stage(self.out / "student", student, distillation(cfg), optim_spec(cfg),
+                                   cfg.student_epochs, self.env, cfg, desc=f"student {cfg.arch} (KD)",
+                                   teacher=teacher, callbacks=self.callbacks, extra={"arch": cfg.arch})
+            log(self.env, f"student {cfg.arch} ({cfg.kd_loss}, alpha={cfg.alpha}, T={cfg.temperature}): "
+                           f"top-1 {m['top1']:.2f}%")
+            self._kd_student = (student, m)
+        return self._kd_student
+
+    @property
+    def rewind_file(self) -> Path:
+        """The dense CE student's weights after epoch ``rewind_epoch`` (IMP and COLT rewind to them)."""
+        return self.out / "dense-ce" / f"rewind-epoch{self.cfg.rewind_epoch}.safetensors"
+
+    def dense_ce(self) -> tuple[torch.nn.Module, dict]:
+        """A dense student trained with plain CE from the same initialisation (IMP's round 0).
+
+        The stage always keeps its rewind point, so a dense stage trained for one method (or shared by a
+        sweep) serves IMP and COLT too.
+        """
+        if self._dense_ce is None:
+            cfg = self.cfg
+            student = self.model()
+            if cfg.rewind_epoch == 0 and self.env.is_main and not self.rewind_file.exists():
+                save_tensors(self.rewind_file, student.state_dict())
+            barrier()
+            m = run_training_stage(self.out / "dense-ce", student, CrossEntropy(), optim_spec(cfg),
+                                   cfg.student_epochs, self.env, cfg, desc=f"dense {cfg.arch} (CE)",
+                                   callbacks=(*self.callbacks, SaveRewindPoint(self.rewind_file, cfg.rewind_epoch)),
+                                   extra={"arch": cfg.arch})
+            if not synced(self.rewind_file.is_file):
+                raise UserError(f"{self.out / 'dense-ce'} was trained without its epoch-{cfg.rewind_epoch} rewind "
+                                "point; delete that folder to retrain it")
+            log(self.env, f"dense {cfg.arch} (CE): top-1 {m['top1']:.2f}%")
+            self._dense_ce = (student, m)
+        return self._dense_ce
+
+    def objective(self, regime: str):
+        return distillation(self.cfg) if regime == "kd" else CrossEntropy()
+
+    def teacher_for(self, regime: str):
+        return self.teacher()[0] if regime == "kd" else None
+
+    def teacher_metrics(self, regime: str) -> dict | None:
+        """The teacher's metrics in the kd regime (its training is part of that regime's cost), else None."""
+        return self.teacher()[1] if regime == "kd" else None
+
+    def pruned_top1(self, sdir: Path, model: torch.nn.Module, masks: MaskSet, params: list[str],
+                    name: str = "pruned.json") -> dict:
+        """Top-1 of ``model`` with ``masks`` applied, before any training; every rank must agree on the mask."""
+        f = sdir / name
+        if synced(f.is_file):
+            return read_json(f)
+        masks.bind(model).apply_()
+        per_rank = all_gather_object(masks.digest())
+        if len(set(per_rank)) != 1:
+            raise RuntimeError(f"ranks built different masks in {sdir}: {per_rank}")
+        r = {"top1": evaluate(model, self.env.test, self.cfg.amp)["top1"],
+             "achieved_sparsity": sparsity_report(model, params)["sparsity"], "mask_sha256_per_rank": per_rank}
+        if self.env.is_main:
+            write_json(f, r)
+        barrier()
+        return r
+
+    def record(self, s: float, regime: str, m: dict, pruned: dict, dense_top1: float, teacher_top1, cost: dict,
+               scoring_batches: int, rdir: Path) -> None:
+        cfg = self.cfg
+        row = {
+            "method": cfg.method, "dataset": cfg.dataset, "arch": cfg.arch, "teacher_arch": cfg.teacher_arch,
+            "target_sparsity": s, "achieved_sparsity": m["sparsity"]["sparsity"], "regime": regime,
+            "top1": m["top1"], "pruned_top1": pruned["top1"], "dense_top1": dense_top1,
+            "teacher_top1": teacher_top1, "seed": cfg.seed, "epochs": m["epochs"],
+            "total_epochs": cost["epochs"], "images_fwd_bwd": cost["images_fwd_bwd"],
+            "teacher_forwards": cost["teacher_forwards"], "scoring_batches": scoring_batches,
+            "wall_seconds": m["wall_seconds"], "total_wall_seconds": cost["wall_seconds"],
+            "nonzero_params": m["sparsity"]["nonzero_params"], "total_params": m["sparsity"]["total_params"],
+            "out": str(rdir),
+        }
+        self.rows.append(row)
+        if self.env.is_main and result_key(row) not in self.done:
+            append_jsonl(self.out / "results.jsonl", row)
+            self.done.add(result_key(row))
+        log(self.env, f"sparsity {s:g} {regime}: top-1 {m['top1']:.2f}% (dense {dense_top1:.2f}%)")
+
+    def retrain(self, rdir: Path, s: float, regime: str, state: dict, masks: MaskSet, epochs: int, lr: float,
+                desc: str) -> tuple[dict, torch.nn.Module]:
+        """Train a copy of ``state`` under ``masks`` in ``rdir``; returns (metrics, trained model)."""
+        model = self.model(seed_offset=2)
+        model.load_state_dict(state)
+        if self.env.is_main and not is_finished(rdir):
+            write_yaml(rdir / "config.yaml", {**config_dict(self.cfg), "target_sparsity": s, "regime": regime})
+        m = run_training_stage(rdir, model, self.objective(regime), optim_spec(self.cfg, lr), epochs, self.env,
+                               self.cfg, desc=desc, masks=masks, teacher=self.teacher_for(regime),
+                               callbacks=self.callbacks, extra={"target_sparsity": s, "regime": regime})
+        return m, model
+
+
+def score_batches(cfg, env: Env) -> int:
+    return cfg.score_batches or min(len(env.train), 100)
+
+
+def criterion_kwargs(cfg, env: Env, teacher) -> dict:
+    """What every criterion's ``score``/``masks_for`` takes besides the model, parameters and batches."""
+    d = env.data
+    return dict(objective=distillation(cfg), teacher=teacher, seed=cfg.seed, form=cfg.score_form,
+                num_batches=score_batches(cfg, env), input_shape=(d.in_channels, d.image_size, d.image_size),
+                synflow_iterations=cfg.synflow_iterations, grasp_temperature=cfg.grasp_temperature)

@@ -1,0 +1,83 @@
+"""The paper's method: teacher-guided one-shot pruning (Alim et al., IEEE BigData 2025).
+
+The recipe, step by step, as :func:`run` does it:
+
+1. a dense **teacher**, trained once (or given with ``--teacher-checkpoint``)        ``ctx.teacher()``
+2. the **student** trained under it with ``L_total = alpha*CA-KLD + (1-alpha)*CE``   ``ctx.kd_student()``
+3. **importance** of every prunable weight from the gradients of that same loss,
+   ``S(w) = sum_b |w * dL_total,b/dw|`` over ``--score-batches`` batches             :func:`score_student`
+4. **one global threshold** removes the target fraction at once                      ``threshold_masks``
+5. **sparsity-aware retraining** of the pruned student, plain (CE) and KD-guided
+   (``L_total``), pruned weights held at exactly zero                                ``ctx.retrain()``
+
+``magnitude`` and ``random`` are this recipe with another criterion in step 3 (``kdprune methods``).
+"""
+
+from __future__ import annotations
+
+import time
+
+from kdprune.distributed import barrier, synced
+from kdprune.io import load_tensors, read_json, save_tensors, write_json
+from kdprune.methods.context import (
+    RunContext,
+    add_cost,
+    cost_of,
+    criterion_kwargs,
+    log,
+    sparsity_dir,
+    threshold_masks,
+)
+from kdprune.methods.registry import get_method
+from kdprune.pruning.criteria import Criterion, get_criterion
+from kdprune.pruning.masks import MaskSet
+from kdprune.pruning.prunable import prunable_parameters
+
+
+def run(ctx: RunContext) -> None:
+    cfg, env = ctx.cfg, ctx.env
+    criterion = get_criterion(get_method(cfg.method).criterion)
+    teacher, t_metrics = ctx.teacher()                                              # step 1
+    student, s_metrics = ctx.kd_student()                                           # step 2
+    params = prunable_parameters(student, cfg.prune_first, cfg.prune_last)
+    kwargs = criterion_kwargs(cfg, env, teacher if criterion.needs_teacher else None)
+    scores, score_info = score_student(ctx, criterion, student, params, kwargs)     # step 3
+    dense_state = {k: v.clone() for k, v in student.state_dict().items()}
+    shared = add_cost(add_cost(cost_of(t_metrics), cost_of(s_metrics)), {"wall_seconds": score_info["seconds"]})
+    for s in cfg.sparsity:
+        sdir = sparsity_dir(ctx.out, s)
+        if scores is None:  # an iterative criterion (SynFlow) builds its own masks
+            batches = iter(env.score_loader(cfg.seed)) if criterion.needs_data else None
+            masks = MaskSet(criterion.masks_for(student, params, batches, s, cfg.scope, **kwargs))
+        else:
+            masks = threshold_masks(cfg, scores, s)                                  # step 4
+        student.load_state_dict(dense_state)
+        pruned = ctx.pruned_top1(sdir, student, masks, list(params))
+        log(env, f"sparsity {s:g}: one-shot pruned top-1 {pruned['top1']:.2f}% (before retraining)")
+        for regime in ctx.regimes:                                                  # step 5
+            rdir = sdir / regime
+            m, _ = ctx.retrain(rdir, s, regime, dense_state, masks, cfg.retrain_epochs, cfg.retrain_lr,
+                               f"retrain {s:g} {regime}")
+            ctx.record(s, regime, m, pruned, s_metrics["top1"], t_metrics["top1"], add_cost(shared, cost_of(m)),
+                       score_info["batches"], rdir)
+
+
+def score_student(ctx: RunContext, criterion: Criterion, student, params: dict, kwargs: dict):
+    """Step 3: the scores of the trained student, computed once and kept in ``scores.safetensors`` so a
+    resumed run does not score again; ``(None, info)`` for an iterative criterion."""
+    cfg, env, out = ctx.cfg, ctx.env, ctx.out
+    score_file = out / "scores.safetensors"
+    if criterion.iterative:
+        return None, {"method": cfg.method, "seconds": 0.0, "batches": 0}
+    if synced(lambda: score_file.is_file() and (out / "scores.json").is_file()):
+        return load_tensors(score_file), read_json(out / "scores.json")
+    t0 = time.perf_counter()
+    batches = iter(env.score_loader(cfg.seed)) if criterion.needs_data else None
+    scores = criterion.score(student, params, batches, **kwargs)
+    info = {"method": cfg.method, "seconds": time.perf_counter() - t0,
+            "batches": kwargs["num_batches"] if criterion.needs_data else 0}
+    if env.is_main:
+        save_tensors(score_file, scores, {"method": cfg.method})
+        write_json(out / "scores.json", info)
+    barrier()
+    return scores, info
