@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -9,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# One thread count for the whole session (results depend on it): the cores idle now, as the CLI chooses,
+# exported so that the CLI runs in subprocesses (kill -9 and resume, torchrun) use the same.
+if not os.environ.get("OMP_NUM_THREADS"):
+    from kdprune.threads import auto_threads
+
+    os.environ["OMP_NUM_THREADS"] = str(auto_threads())
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def _cifar_batch(path: Path, n: int, label_key: bytes, num_classes: int, rng: np.random.Generator) -> None:

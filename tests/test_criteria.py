@@ -97,7 +97,9 @@ def test_scores_identical_for_the_same_seed(name):
         torch.manual_seed(0)
         m = create_model("resnet20", 10, 1)
         data = _batches_img()
-        return CRITERIA[name].score(m, prunable_parameters(m), iter(data), num_batches=2, seed=3, input_shape=(1, 8, 8))
+        crit = CRITERIA[name]
+        return crit.score(m, prunable_parameters(m), iter(data),
+                          **crit.select({"num_batches": 2, "seed": 3, "input_shape": (1, 8, 8)}))
 
     a, b = run(), run()
     assert all(torch.equal(a[k], b[k]) and a[k].dtype == torch.float32 for k in a)

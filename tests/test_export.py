@@ -35,8 +35,9 @@ def test_inspect_counts_known_zeros(pruned_run, run_cli):
     assert code == 0, err
     r = json.loads(out)
     assert r["prunable_params"] == n and r["prunable_nonzero"] == n - round(0.9 * n)
-    assert r["total_params"] == sum(p.numel() for p in model.parameters()) + sum(
-        b.numel() for name, b in model.named_buffers() if b.is_floating_point())
+    # parameters only (BatchNorm's running statistics are buffers): the same count as the run's table
+    assert r["total_params"] == sum(p.numel() for p in model.parameters()) == 272_186
+    assert r["nonzero_params"] == sum(int(torch.count_nonzero(p)) for p in model.parameters())
     conv1 = next(l for l in r["layers"] if l["name"] == "conv1.weight")
     assert conv1["nonzero"] == int(torch.count_nonzero(model.conv1.weight))
     # MACs: the first conv runs at 8x8, its non-zero weights each do 64 MACs

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 
 from kdprune import __version__
@@ -29,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="kdprune", description="Teacher-guided one-shot pruning with context-aware KD.")
     p.add_argument("--version", action="version", version=f"kdprune {__version__}")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch (default: OMP_NUM_THREADS, else the cores idle at start; "
+                        "results are bit-for-bit reproducible for a given count)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (cls_name, help_) in _COMMANDS.items():
         cls = getattr(C, cls_name)
@@ -102,6 +106,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "methods":
         _list_methods()
         return 0
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
     if args.command in ("export", "inspect"):
         return _deploy(args)
     if args.command == "report":
@@ -112,7 +118,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"{r['rows']} results -> {args.out}/: {', '.join(r['files'])}")
         return 0
     from kdprune import distributed
+    from kdprune.threads import set_threads
 
+    set_threads(args.threads)
     distributed.init_from_env()
     try:
         return _run_command(args)
@@ -124,13 +132,13 @@ def _run_command(args: argparse.Namespace) -> int:
     if args.command == "sweep":
         from kdprune.experiments.sweep import run_sweep
 
-        run_sweep(args.sweep, args.jobs, args.dry_run, log=lambda m: print(m, flush=True))
+        run_sweep(args.sweep, args.jobs, args.dry_run, log=lambda m: print(m, flush=True), threads=args.threads)
         return 0
     from kdprune.experiments import config as C
     from kdprune.experiments import pipeline
 
     cls = getattr(C, _COMMANDS[args.command][0])
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "threads")}
     cfg = C.build_config(cls, overrides, args.config)
     if args.command == "train":
         pipeline.train_dense(cfg)
@@ -158,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"kdprune: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `kdprune inspect --json | head`: the reader left, nothing is wrong
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("kdprune: interrupted; finished stages are kept, rerun with --resume to continue", file=sys.stderr)
         return 130

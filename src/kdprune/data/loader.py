@@ -13,18 +13,27 @@ from typing import Iterator
 import torch
 
 from kdprune.data.augment import random_crop_flip
+from kdprune.errors import UserError
 
 
 class TensorLoader:
+    """Batches of ``(normalised float images, labels)`` from two tensors.
+
+    ``images``: ``[N, C, H, W]``, either uint8 in 0..255 (as datasets are stored) or float in [0, 1].
+    ``mean``/``std``: per-channel, in [0, 1] units for both (as torchvision's ``Normalize`` after
+    ``ToTensor``); by default the images' own per-channel statistics. ``train=True`` shuffles and
+    augments (``pad``-padded random crop, horizontal ``flip``); ``train=False`` keeps the order.
+    """
+
     def __init__(
         self,
         images: torch.Tensor,
         labels: torch.Tensor,
         batch_size: int,
         *,
-        mean: list[float],
-        std: list[float],
-        train: bool,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        train: bool = False,
         pad: int = 0,
         flip: bool = False,
         seed: int = 0,
@@ -43,9 +52,18 @@ class TensorLoader:
         self.seed = seed
         self.rank, self.world_size = rank, world_size
         self.channels_last = channels_last
+        if images.dim() != 4 or len(labels) != len(images):
+            raise UserError(f"TensorLoader wants images [N, C, H, W] and N labels, got {tuple(images.shape)} "
+                            f"and {len(labels)} labels")
         c = images.shape[1]
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255.0
-        self.inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255.0)
+        if mean is None or std is None:
+            x = images.to(torch.float64) / (255.0 if images.dtype == torch.uint8 else 1.0)
+            mean = x.mean(dim=(0, 2, 3)).tolist() if mean is None else mean
+            std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist() if std is None else std
+        scale = 255.0 if images.dtype == torch.uint8 else 1.0
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * scale
+        self.inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * scale)
+        self.scale = scale
         n = len(self.labels)
         # Training drops the ragged last batch (BatchNorm cannot train on a batch of one) when it can.
         self.drop_last = (train and n // world_size >= batch_size) if drop_last is None else drop_last

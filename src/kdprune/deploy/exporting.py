@@ -90,9 +90,9 @@ def inspect(src: str | Path, arch: str | None = None, image_size: int | None = N
             for k, v in layers.items()]
     prunable = sum(r["params"] for r in rows)
     prunable_nz = sum(r["nonzero"] for r in rows)
-    floats = [v for v in state.values() if v.is_floating_point()]
-    total = sum(v.numel() for v in floats)
-    nonzero = sum(int(torch.count_nonzero(v)) for v in floats)
+    params = [v for k, v in state.items() if _is_parameter(k, v)]
+    total = sum(v.numel() for v in params)
+    nonzero = sum(int(torch.count_nonzero(v)) for v in params)
     report = {"source": info["weights"], "arch": info["arch"], "layers": rows,
               "sparsity": 1 - prunable_nz / max(prunable, 1), "prunable_params": prunable,
               "prunable_nonzero": prunable_nz, "total_params": total, "nonzero_params": nonzero,
@@ -102,6 +102,14 @@ def inspect(src: str | Path, arch: str | None = None, image_size: int | None = N
         report["dense_macs"], report["nonzero_macs"] = _macs(build_model(info), info["in_channels"], size)
         report["image_size"] = size
     return report
+
+
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _is_parameter(key: str, value: torch.Tensor) -> bool:
+    """Parameters of a state_dict: floating tensors that are not BatchNorm's running statistics."""
+    return value.is_floating_point() and not key.rsplit(".", 1)[-1] in _BUFFERS
 
 
 def format_inspect(r: dict) -> str:
@@ -121,56 +129,88 @@ def format_inspect(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+DEFAULT_NAMES = {"dense": "model.dense.safetensors", "sparse": "model.sparse.safetensors", "onnx": "model.onnx"}
+
+
+def default_name(fmt: str, fp16: bool = False) -> str:
+    """The file name an export gets next to its weights (fp16 sparse files get their own name)."""
+    return "model.sparse-fp16.safetensors" if fmt == "sparse" and fp16 else DEFAULT_NAMES[fmt]
+
+
 def export(src: str | Path, fmt: str, output: str | Path | None = None, arch: str | None = None,
            fp16: bool = False, image_size: int | None = None, atol: float = 1e-4) -> dict:
     info = describe_source(src, arch)
     src_path = Path(info["weights"])
-    default_name = {"dense": "model.dense.safetensors", "sparse": "model.sparse.safetensors", "onnx": "model.onnx"}
-    if fmt not in default_name:
+    if fmt not in DEFAULT_NAMES:
         raise UserError(f"unknown export format {fmt!r}; choose dense, sparse or onnx")
-    out = Path(output) if output else src_path.parent / default_name[fmt]
-    if out.exists() and out.is_dir():
-        raise UserError(f"--output {out} is a folder")
-    dense_bytes = sum(v.numel() * v.element_size() for v in info["state"].values())
-    result = {"format": fmt, "output": str(out), "dense_bytes": dense_bytes}
-    if fmt == "dense":
-        save_tensors(out, info["state"], {"format": "kdprune-model-v1"})
-    elif fmt == "sparse":
-        save_sparse(out, info["state"], fp16=fp16, meta={"arch": info["arch"] or ""})
-        back = load_sparse(out)
-        if not fp16 and any(not torch.equal(back[k], v) for k, v in info["state"].items()):
-            raise RuntimeError("sparse round trip changed the weights")  # a bug, not a user error
-    else:
-        result.update(_export_onnx(info, out, image_size or info["image_size"], atol))
-    result["bytes"] = os.path.getsize(out)
+    out = Path(output) if output else src_path.parent / default_name(fmt, fp16)
+    size = image_size or info["image_size"]
+    if fmt == "onnx" and not size:
+        raise UserError("cannot tell the input image size; pass --image-size")
+    model = build_model(info) if fmt == "onnx" else None
+    result = write_export(out, fmt, info["state"], model=model, fp16=fp16, arch=info["arch"] or "",
+                          input_shape=(info["in_channels"], size, size) if size else None, atol=atol)
     sparse_src = is_safetensors(src_path) and is_sparse_file(src_path)
-    result["dense_file_bytes"] = dense_bytes if sparse_src else os.path.getsize(src_path)
+    result["dense_file_bytes"] = result["dense_bytes"] if sparse_src else os.path.getsize(src_path)
     result["size_ratio"] = result["bytes"] / result["dense_file_bytes"]
     return result
 
 
-def _export_onnx(info: dict, out: Path, size: int | None, atol: float) -> dict:
+def write_export(out: str | Path, fmt: str, state: dict[str, torch.Tensor], *, model: nn.Module | None = None,
+                 fp16: bool = False, arch: str = "", input_shape: tuple | None = None, atol: float = 1e-4) -> dict:
+    """Write ``state`` (or ``model``, for ONNX) to ``out`` as ``fmt``; returns what was written."""
+    out = Path(out)
+    if out.exists() and out.is_dir():
+        raise UserError(f"--output {out} is a folder")
+    dense_bytes = sum(v.numel() * v.element_size() for v in state.values())
+    result = {"format": fmt, "output": str(out), "dense_bytes": dense_bytes}
+    if fmt == "dense":
+        save_tensors(out, state, {"format": "kdprune-model-v1"})
+    elif fmt == "sparse":
+        save_sparse(out, state, fp16=fp16, meta={"arch": arch})
+        back = load_sparse(out)
+        if not fp16 and any(not torch.equal(back[k], v) for k, v in state.items()):
+            raise RuntimeError("sparse round trip changed the weights")  # a bug, not a user error
+    elif fmt == "onnx":
+        if model is None or not input_shape:
+            raise UserError("ONNX export needs the model and the input shape (channels, height, width)")
+        result.update(export_onnx_checked(model, tuple(input_shape), out, atol))
+    else:
+        raise UserError(f"unknown export format {fmt!r}; choose dense, sparse or onnx")
+    result["bytes"] = os.path.getsize(out)
+    result["size_ratio"] = result["bytes"] / dense_bytes
+    return result
+
+
+ONNX_INSTALL_HINT = ("ONNX export needs onnx, onnxruntime and onnxscript: pip install onnx onnxruntime onnxscript "
+                     "(in a kdprune clone: pip install -e '.[export]')")
+
+
+def export_onnx_checked(model: nn.Module, input_shape: tuple, out: Path, atol: float = 1e-4) -> dict:
+    """Export ``model`` (eval mode, CPU) to ONNX with a dynamic batch axis, then check ONNX Runtime's outputs
+    against PyTorch's on random inputs; the file is only kept when they agree within ``atol``."""
+    import copy
+
     try:
         import onnx
         import onnxruntime as ort
     except ImportError:
-        raise UserError("ONNX export needs onnx and onnxruntime: pip install 'kdprune[export]'") from None
-    if not size:
-        raise UserError("cannot tell the input image size; pass --image-size")
-    model = build_model(info)
-    x = torch.randn(2, info["in_channels"], size, size, generator=torch.Generator().manual_seed(0))
+        raise UserError(ONNX_INSTALL_HINT) from None
+    model = copy.deepcopy(model).cpu().eval()
+    c, h, w = input_shape
+    x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(0))
     with atomic_path(out) as tmp:
         exporter = onnx_export(model, x, str(tmp))
         onnx.checker.check_model(str(tmp))
         sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        xs = torch.randn(8, info["in_channels"], size, size, generator=torch.Generator().manual_seed(1))
+        xs = torch.randn(8, c, h, w, generator=torch.Generator().manual_seed(1))
         got = torch.from_numpy(sess.run(None, {"images": xs.numpy()})[0])
         with torch.no_grad():
             want = model(xs)
         diff = float((got - want).abs().max())
         if diff > atol:
             raise RuntimeError(f"ONNX Runtime output differs from PyTorch by {diff:.2e} (> {atol})")
-    return {"onnx_max_abs_diff": diff, "image_size": size, "onnx_exporter": exporter}
+    return {"onnx_max_abs_diff": diff, "image_size": h, "onnx_exporter": exporter}
 
 
 def onnx_export(model: torch.nn.Module, x: torch.Tensor, path: str) -> str:

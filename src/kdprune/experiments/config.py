@@ -66,6 +66,8 @@ class DistillConfig:
     kd_loss: str = _f("ca-kld", "ca-kld (z-scored logits, the paper's) | kd (Hinton)")
     kd_eps: float = _f(1e-7, "epsilon of the CA-KLD logit normalisation")
     kd_t_squared: bool = _f(True, "multiply the KD term by T^2 as in Hinton et al.")
+    kd_std: str = _f("population", "CA-KLD logit standardisation: population std (the formula's) | sample "
+                     "(N-1, as the logit-standardisation reference code)", neutral=True)
 
 
 @dataclass
@@ -210,7 +212,7 @@ def _validate(cfg) -> None:
         raise UserError(f"sparsity: values repeat in {sp}")
     _validate_names_and_files(cfg)
     choices = {"retrain": ("plain", "kd", "both"), "scope": ("global", "layerwise"),
-               "kd_loss": ("ca-kld", "kd"), "score_form": ("taylor", "grad", "taylor2"),
+               "kd_loss": ("ca-kld", "kd"), "kd_std": ("population", "sample"), "score_form": ("taylor", "grad", "taylor2"),
                "optimizer": ("sgd", "adamw"), "schedule": ("cosine", "multistep", "constant")}
     for k, allowed in choices.items():
         if hasattr(cfg, k) and getattr(cfg, k) not in allowed:
@@ -284,6 +286,23 @@ def build_config(cls, overrides: dict[str, Any], config_file: str | None = None)
 
 def to_dict(cfg) -> dict:
     return asdict(cfg)
+
+
+def identity(cfg, keys=None) -> dict:
+    """The fields that identify a run (or, with ``keys``, a shared stage) for hashing. A field declared
+    ``neutral`` (an option added after runs existed) is left out while it holds its default, so adding an
+    option never renames existing runs: an old sweep still finds and resumes them."""
+    out = {}
+    for f_ in fields(cfg):
+        if keys is not None and f_.name not in keys:
+            continue
+        v = getattr(cfg, f_.name)
+        if f_.metadata.get("neutral"):
+            default = f_.default if f_.default is not MISSING else f_.default_factory()  # type: ignore[misc]
+            if v == default:
+                continue
+        out[f_.name] = v
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls) -> None:

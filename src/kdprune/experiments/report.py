@@ -107,7 +107,8 @@ def load_published(path: str | Path | None) -> dict:
 def _cell(c: dict | None, best: float | None, n_usual: int) -> str:
     if c is None:
         return "–"
-    txt = f"{c['mean']:.2f} ± {c['std']:.2f}" + (f" (n={c['n']})" if c["n"] != n_usual else "")
+    spread = f" ± {c['std']:.2f}" if c["n"] > 1 else ""  # one seed has no spread to show
+    txt = f"{c['mean']:.2f}{spread}" + (f" (n={c['n']})" if c["n"] != n_usual else "")
     return f"**{txt}**" if c["mean"] == best else txt
 
 
@@ -123,7 +124,8 @@ def _markdown(agg: dict, published: dict | None = None) -> str:
         sparsities = sorted({k[4] for k in keys} | {s for v in pub.values() for s in v})
         best = {s: max((agg[k]["mean"] for k in keys if k[4] == s), default=None) for s in sparsities}
         n_usual = statistics.mode(agg[k]["n"] for k in keys)
-        lines += [f"## {dataset}, {arch}: top-1 (%), mean ± std over {n_usual} seed{'s' * (n_usual > 1)} "
+        what = f"mean ± std over {n_usual} seeds" if n_usual > 1 else "one seed"
+        lines += [f"## {dataset}, {arch}: top-1 (%), {what} "
                   "(n=k where a cell has another count; best per sparsity in bold)", "",
                   "| method (regime) | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
                   "|---|" + "---:|" * len(sparsities)]
@@ -227,7 +229,9 @@ def plot_accuracy(agg: dict, dataset: str, path: Path) -> None:
     bottom = (0.21 * legend_rows + 0.4) / fig.get_figheight()
     fig.legend(handles, labels, loc="lower center", ncol=4 if len(panels) > 1 else 2, fontsize=10, frameon=False,
                title="method (regime); line: plain solid, kd dashed, sd dotted", title_fontsize=10)
-    fig.suptitle(f"{dataset}: accuracy vs sparsity (mean ± std over seeds)", fontsize=14)
+    many = max(agg[k]["n"] for k in keys) > 1
+    fig.suptitle(f"{dataset}: accuracy vs sparsity" + (" (mean ± std over seeds)" if many else " (one seed)"),
+                 fontsize=14)
     fig.tight_layout(rect=(0, bottom, 1, 1))
     _savefig(fig, path)
     plt.close(fig)
@@ -249,6 +253,8 @@ def plot_radar(agg: dict, path: Path, levels=RADAR_LEVELS) -> bool:
         if len(levels) < 3:
             return False
     methods = {m: v for m, v in best.items() if all(lv in v for lv in levels)}
+    if len(methods) < 2:  # a radar compares methods; one alone says nothing the table does not
+        return False
     colors = _colors(best)
     angles = [2 * math.pi * i / len(levels) for i in range(len(levels))]
     angles.append(angles[0])

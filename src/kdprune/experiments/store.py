@@ -27,6 +27,37 @@ def connect(path: str | Path) -> sqlite3.Connection:
     return con
 
 
+def readable(path: str | Path) -> bool:
+    """True when ``path`` is absent or a results store SQLite can read."""
+    path = Path(path)
+    if not path.exists():
+        return True
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60.0)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            cols = [r[1] for r in con.execute("PRAGMA table_info(results)")]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:
+        return False
+    return not cols or cols[:3] == ["run", "target_sparsity", "regime"]
+
+
+def set_aside(path: str | Path) -> Path:
+    """Move an unreadable store (and its WAL files) out of the way; returns where it went."""
+    import time
+
+    path = Path(path)
+    dest = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.replace(dest)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.replace(dest.with_name(dest.name + suffix))
+    return dest
+
+
 def add_rows(path: str | Path, run: str, rows: list[dict]) -> int:
     """Insert ``rows`` of one run; returns how many were new."""
     con = connect(path)

@@ -32,8 +32,8 @@ import yaml
 from kdprune import distributed
 from kdprune.distributed import barrier, synced
 from kdprune.errors import UserError
-from kdprune.experiments.config import RunConfig, build_config, to_dict
-from kdprune.experiments.store import add_rows, all_rows
+from kdprune.experiments.config import RunConfig, build_config, identity
+from kdprune.experiments.store import add_rows, all_rows, readable, set_aside
 from kdprune.methods import get_method
 
 _NOT_HASHED = {"out", "resume", "progress", "device"}
@@ -41,7 +41,7 @@ _DATA = ("dataset", "data_dir", "download", "batch_size", "optimizer", "momentum
          "schedule", "grad_clip", "amp", "channels_last", "lr")
 _TEACHER = _DATA + ("seed", "teacher_arch", "teacher_checkpoint", "teacher_epochs")
 _STUDENT = _TEACHER + ("arch", "student_checkpoint", "student_epochs", "alpha", "temperature", "kd_loss", "kd_eps",
-                       "kd_t_squared")
+                       "kd_t_squared", "kd_std")
 _DENSE = _DATA + ("seed", "arch", "student_epochs", "rewind_epoch")
 
 
@@ -73,7 +73,7 @@ def load_sweep(path: str | Path) -> tuple[Path, list[RunConfig]]:
         point = {**{k.replace("-", "_"): v for k, v in base.items()},
                  **{k.replace("-", "_"): v for k, v in grid_point.items()}}
         cfg = build_config(RunConfig, point)
-        run_id = _hash({k: v for k, v in to_dict(cfg).items() if k not in _NOT_HASHED})
+        run_id = _hash({k: v for k, v in identity(cfg).items() if k not in _NOT_HASHED})
         configs.append(replace(cfg, out=str(out / "runs" / run_id), progress=False))
     return out, configs
 
@@ -95,7 +95,7 @@ def _shared_stages(cfg: RunConfig) -> list[tuple[str, tuple]]:
 
 
 def _shared_dir(out: Path, cfg: RunConfig, stage: str, keys: tuple) -> Path:
-    return out / "shared" / f"{stage}-{_hash({k: getattr(cfg, k) for k in keys})}"
+    return out / "shared" / f"{stage}-{_hash(identity(cfg, keys))}"
 
 
 @contextmanager
@@ -240,7 +240,9 @@ def _quiet(_msg: str) -> None:
     pass
 
 
-def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print) -> list[dict]:
+def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print, threads: int | None = None) -> list[dict]:
+    """Run (or resume) every grid point of ``path``; ``threads`` is the total over the ``jobs`` workers
+    (default: the idle cores, :mod:`kdprune.threads`)."""
     out, configs = load_sweep(path)
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
@@ -269,6 +271,12 @@ def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print)
         log(f"estimated at most {total} training epochs before sharing teachers and students across runs")
         return []
     out.mkdir(parents=True, exist_ok=True)
+    store = out / "results.sqlite"
+    if distributed.rank() == 0 and not readable(store):
+        moved = set_aside(store)
+        log(f"{store} is not a readable results store (moved to {moved.name}); rebuilding it from the runs' "
+            "results.jsonl")
+    barrier()
     shared = {}
     for cfg in configs:
         for stage, keys in _shared_stages(cfg):
@@ -276,7 +284,10 @@ def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print)
             shared.setdefault((stage, d), cfg)
     todo = synced(lambda: [c for c in configs if status(c) != "done"])
     log(f"{len(configs)} runs: {len(configs) - len(todo)} done, {len(todo)} to run; {len(shared)} shared stages")
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    from kdprune.threads import choose_threads
+
+    threads = max(1, choose_threads(threads) // jobs)
+    log(f"{jobs} worker{'s' * (jobs > 1)}, {threads} CPU thread{'s' * (threads > 1)} each")
     order = sorted(shared.items(), key=lambda kv: kv[0][0] == "student")  # teachers before students
     if jobs == 1:
         for (stage, d), cfg in order:

@@ -2,12 +2,16 @@
 
 CA-KLD (context-aware KL divergence) of the paper, per sample ``i`` with ``C`` classes:
 
-    n(z)   = (z - mean_c(z)) / (std_c(z) + eps)        (population std over the classes)
+    n(z)   = (z - mean_c(z)) / (std_c(z) + eps)        (population std over the classes, by default)
     p_T    = softmax(n(z_T) / T),   p_S = softmax(n(z_S) / T)
     CA-KLD = T^2 * (1/B) * sum_i KL(p_T,i || p_S,i)      (T^2 factor optional, as in Hinton KD)
 
 and the training objective ``L_total = alpha * CA-KLD + (1 - alpha) * CE``. Note: ``alpha`` weights the
 distillation term (torchdistill's ``alpha`` weights cross-entropy instead).
+
+``std="population"`` (the default, the formula's standard deviation, divides by C) or ``"sample"``
+(divides by C - 1, as the reference implementation of logit standardisation, Sun et al. CVPR 2024, does
+with ``torch.std``): about 10% apart at 10 classes, 1% at 100.
 """
 
 from __future__ import annotations
@@ -16,10 +20,15 @@ import torch
 import torch.nn.functional as F
 
 
-def normalize_logits(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Per-sample z-score of logits over the class dimension (population std)."""
+STD_KINDS = ("population", "sample")
+
+
+def normalize_logits(z: torch.Tensor, eps: float = 1e-7, std: str = "population") -> torch.Tensor:
+    """Per-sample z-score of logits over the class dimension (population std, or the sample std)."""
+    if std not in STD_KINDS:
+        raise ValueError(f"std: expected population or sample, got {std!r}")
     mean = z.mean(dim=-1, keepdim=True)
-    std = z.std(dim=-1, keepdim=True, unbiased=False)
+    std = z.std(dim=-1, keepdim=True, unbiased=std == "sample")
     return (z - mean) / (std + eps)
 
 
@@ -37,9 +46,9 @@ def hinton_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float =
 
 
 def ca_kld(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 4.0, eps: float = 1e-7,
-           t_squared: bool = True) -> torch.Tensor:
+           t_squared: bool = True, std: str = "population") -> torch.Tensor:
     """CA-KLD: KL divergence between temperature-softened distributions of z-scored logits."""
-    return _kl(normalize_logits(student.float(), eps), normalize_logits(teacher.float(), eps),
+    return _kl(normalize_logits(student.float(), eps, std), normalize_logits(teacher.float(), eps, std),
                temperature, t_squared)
 
 
@@ -67,17 +76,24 @@ class Distillation(Objective):
     needs_teacher = True
 
     def __init__(self, alpha: float = 0.9, temperature: float = 4.0, kind: str = "ca-kld",
-                 eps: float = 1e-7, t_squared: bool = True):
+                 eps: float = 1e-7, t_squared: bool = True, *, std: str = "population"):
+        from kdprune.errors import UserError
+
         if kind not in ("ca-kld", "kd"):
-            raise ValueError(f"unknown distillation loss {kind!r}")
+            raise UserError(f"unknown distillation loss {kind!r}; choose ca-kld or kd")
+        if std not in STD_KINDS:
+            raise UserError(f"kd_std: expected population or sample, got {std!r}")
+        if not 0.0 <= alpha <= 1.0 or temperature <= 0:
+            raise UserError(f"alpha must lie in [0, 1] and temperature be positive, got {alpha}, {temperature}")
         self.alpha, self.temperature, self.kind, self.eps, self.t_squared = alpha, temperature, kind, eps, t_squared
+        self.std = std
         self.name = kind
 
     def __call__(self, logits, targets, teacher_logits=None):
         if teacher_logits is None:
             raise ValueError("Distillation needs teacher logits")
         if self.kind == "ca-kld":
-            kd = ca_kld(logits, teacher_logits, self.temperature, self.eps, self.t_squared)
+            kd = ca_kld(logits, teacher_logits, self.temperature, self.eps, self.t_squared, self.std)
         else:
             kd = hinton_kd(logits, teacher_logits, self.temperature, self.t_squared)
         if self.alpha >= 1.0:

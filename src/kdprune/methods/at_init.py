@@ -32,7 +32,7 @@ def run(ctx: RunContext) -> None:
         else:
             t0 = time.perf_counter()
             batches = iter(env.score_loader(cfg.seed)) if crit.needs_data else None
-            masks = MaskSet(crit.masks_for(init, params, batches, s, cfg.scope, **criterion_kwargs(cfg, env, None)))
+            masks = MaskSet(crit.masks_for(init, params, batches, s, cfg.scope, **criterion_kwargs(crit, cfg, env, None)))
             scoring = {"seconds": time.perf_counter() - t0,
                        "batches": score_batches(cfg, env) if crit.needs_data else 0}
             if env.is_main:

@@ -65,7 +65,8 @@ def _masks_from_worst(worst: torch.Tensor, names: list[str], shapes: dict[str, t
 def _subset(loader: TensorLoader, labels: torch.Tensor, classes: list[int], seed: int) -> TensorLoader:
     idx = torch.isin(labels.cpu(), torch.tensor(classes)).nonzero().flatten()
     return TensorLoader(loader.images.cpu()[idx], labels.cpu()[idx], loader.batch_size,
-                        mean=(loader.mean.flatten() / 255.0).tolist(), std=(1.0 / (loader.inv_std.flatten() * 255.0)).tolist(),
+                        mean=(loader.mean.flatten() / loader.scale).tolist(),
+                        std=(1.0 / (loader.inv_std.flatten() * loader.scale)).tolist(),
                         train=loader.train, pad=loader.pad, flip=loader.flip, seed=seed, device=loader.device,
                         rank=loader.rank, world_size=loader.world_size, channels_last=loader.channels_last)
 

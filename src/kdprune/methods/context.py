@@ -43,7 +43,15 @@ def build_model(arch: str, env: Env, seed: int) -> torch.nn.Module:
 
 
 def distillation(cfg) -> Distillation:
-    return Distillation(cfg.alpha, cfg.temperature, cfg.kd_loss, cfg.kd_eps, cfg.kd_t_squared)
+    return Distillation(cfg.alpha, cfg.temperature, cfg.kd_loss, cfg.kd_eps, cfg.kd_t_squared, std=cfg.kd_std)
+
+
+def describe_compute(env: Env) -> str:
+    """``"cpu, 2 threads"`` or ``"cuda:0"``: where a command trains, for its first line."""
+    if env.device.type == "cpu":
+        n = torch.get_num_threads()
+        return f"cpu, {n} thread{'s' * (n > 1)} (--threads to change)"
+    return str(env.device) + (f" x {env.world_size} processes" if env.world_size > 1 else "")
 
 
 def log(env: Env, msg: str) -> None:
@@ -229,9 +237,10 @@ def score_batches(cfg, env: Env) -> int:
     return cfg.score_batches or min(len(env.train), 100)
 
 
-def criterion_kwargs(cfg, env: Env, teacher) -> dict:
-    """What every criterion's ``score``/``masks_for`` takes besides the model, parameters and batches."""
+def criterion_kwargs(criterion, cfg, env: Env, teacher) -> dict:
+    """The options ``criterion``'s ``score``/``masks_for`` takes, from the run's config."""
     d = env.data
-    return dict(objective=distillation(cfg), teacher=teacher, seed=cfg.seed, form=cfg.score_form,
-                num_batches=score_batches(cfg, env), input_shape=(d.in_channels, d.image_size, d.image_size),
-                synflow_iterations=cfg.synflow_iterations, grasp_temperature=cfg.grasp_temperature)
+    return criterion.select(dict(
+        objective=distillation(cfg), teacher=teacher, seed=cfg.seed, form=cfg.score_form,
+        num_batches=score_batches(cfg, env), input_shape=(d.in_channels, d.image_size, d.image_size),
+        synflow_iterations=cfg.synflow_iterations, grasp_temperature=cfg.grasp_temperature))

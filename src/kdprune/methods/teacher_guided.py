@@ -40,7 +40,7 @@ def run(ctx: RunContext) -> None:
     teacher, t_metrics = ctx.teacher()                                              # step 1
     student, s_metrics = ctx.kd_student()                                           # step 2
     params = prunable_parameters(student, cfg.prune_first, cfg.prune_last)
-    kwargs = criterion_kwargs(cfg, env, teacher if criterion.needs_teacher else None)
+    kwargs = criterion_kwargs(criterion, cfg, env, teacher if criterion.needs_teacher else None)
     scores, score_info = score_student(ctx, criterion, student, params, kwargs)     # step 3
     dense_state = {k: v.clone() for k, v in student.state_dict().items()}
     shared = add_cost(add_cost(cost_of(t_metrics), cost_of(s_metrics)), {"wall_seconds": score_info["seconds"]})

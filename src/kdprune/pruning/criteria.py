@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
-from kdprune.distributed import average_
 import torch.nn as nn
 
+from kdprune.distributed import average_
 from kdprune.errors import UserError
 from kdprune.losses import Objective
+from kdprune.train.engine import model_device, to_device
 
 
 @dataclass(frozen=True)
@@ -44,15 +45,27 @@ class Criterion:
     fn: Callable[..., dict[str, torch.Tensor]]
     # Iterative criteria (SynFlow) build their mask themselves: masks_fn(model, params, batches, sparsity, scope, **kw)
     masks_fn: Callable[..., dict[str, torch.Tensor]] | None = None
+    options: tuple[str, ...] = ()  # the keywords score()/masks_for() take; any other is an error
 
     @property
     def iterative(self) -> bool:
         return self.masks_fn is not None
 
+    def select(self, kw: dict) -> dict:
+        """The entries of ``kw`` this criterion takes (a caller holding every option passes them through this)."""
+        return {k: v for k, v in kw.items() if k in self.options}
+
+    def _check(self, kw: dict) -> None:
+        unknown = sorted(set(kw) - set(self.options))
+        if unknown:
+            takes = ", ".join(self.options) or "no options"
+            raise UserError(f"criterion {self.name!r} takes no option {unknown[0]!r} (it takes: {takes})")
+
     def score(self, model: nn.Module, params: dict[str, nn.Parameter],
               batches: Iterable | None = None, **kw) -> dict[str, torch.Tensor]:
+        self._check(kw)
         if self.needs_data and batches is None:
-            raise ValueError(f"criterion {self.name} needs data batches")
+            raise UserError(f"criterion {self.name} needs data batches")
         scores = self.fn(model, params, batches, **kw)
         return {n: s.detach().float() for n, s in scores.items()}
 
@@ -62,6 +75,7 @@ class Criterion:
         from kdprune.pruning.threshold import global_masks, layerwise_masks
 
         if self.masks_fn is not None:
+            self._check(kw)
             return self.masks_fn(model, params, batches, sparsity, scope, **kw)
         fn = global_masks if scope == "global" else layerwise_masks
         return fn(self.score(model, params, batches, **kw), sparsity)
@@ -90,18 +104,22 @@ def loss_gradient_scores(model: nn.Module, params: dict[str, nn.Parameter], batc
     if form not in _FORMS:
         raise UserError(f"unknown score form {form!r}; choose one of: {', '.join(_FORMS)}")
     if objective.needs_teacher and teacher is None:
-        raise ValueError("this objective needs a teacher")
+        raise UserError("this objective needs a teacher")
+    if teacher is not None:  # a teacher fresh from load_state_dict is in train mode: BN would drift
+        teacher.eval().requires_grad_(False)
     fn = _FORMS[form]
     was_training = model.training
     model.eval()
+    device = model_device(model)
     names, tensors = list(params), list(params.values())
     scores = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     seen = 0
     for batch in itertools.islice(batches, num_batches):
+        batch = to_device(batch, device)
         if hasattr(objective, "forward_loss"):  # self-distillation: batches carry sample indices
             loss, _ = objective.forward_loss(model, *batch)
         else:
-            x, y = batch
+            x, y = batch[:2]
             teacher_logits = None
             if teacher is not None:
                 with torch.inference_mode():
@@ -123,7 +141,7 @@ def loss_gradient_scores(model: nn.Module, params: dict[str, nn.Parameter], batc
 def _teacher_guided(model, params, batches, *, objective=None, teacher=None, form="taylor",
                     num_batches=None, **kw):
     if objective is None or teacher is None:
-        raise ValueError("teacher-guided scoring needs the distillation objective and a teacher")
+        raise UserError("teacher-guided scoring needs a teacher (and the distillation objective)")
     return loss_gradient_scores(model, params, batches, objective, teacher=teacher, form=form,
                                 num_batches=num_batches)
 
@@ -150,7 +168,8 @@ def _snip(model, params, batches, *, num_batches=None, **kw):
     tensors = list(params.values())
     g = [torch.zeros_like(p, dtype=torch.float32) for p in tensors]
     with _batch_statistics(model):
-        for x, y in itertools.islice(batches, num_batches):
+        for batch in itertools.islice(batches, num_batches):
+            x, y = to_device(batch, model_device(model))[:2]
             loss = nn.functional.cross_entropy(model(x).float(), y)
             for acc, gi in zip(g, torch.autograd.grad(loss, tensors)):
                 acc += gi.float()
@@ -164,7 +183,7 @@ def _grasp(model, params, batches, *, num_batches=None, grasp_temperature: float
     the batches, and ``H g`` is the Hessian-vector product over the same batches. GraSP removes the
     weights with the *largest* ``-w * Hg``, so the keep-score returned here is ``w * Hg``."""
     tensors = list(params.values())
-    data = list(itertools.islice(batches, num_batches))
+    data = [to_device(b, model_device(model))[:2] for b in itertools.islice(batches, num_batches)]
     g = [torch.zeros_like(p, dtype=torch.float32) for p in tensors]
     hg = [torch.zeros_like(p, dtype=torch.float32) for p in tensors]
     with _batch_statistics(model):
@@ -183,12 +202,19 @@ def _grasp(model, params, batches, *, num_batches=None, grasp_temperature: float
     return {n: p.detach().float() * h for (n, p), h in zip(params.items(), hg)}
 
 
-def _synflow_scores(model, params, batches=None, *, input_shape, masks=None, **kw):
+def _need_input_shape(input_shape) -> tuple:
+    if input_shape is None:
+        raise UserError("synflow uses no data: pass input_shape=(channels, height, width) of one input")
+    return tuple(input_shape)
+
+
+def _synflow_scores(model, params, batches=None, *, input_shape=None, masks=None, **kw):
     """SynFlow (Tanaka et al., NeurIPS 2020, Eq. 2 and Algorithm 1): on a float64 copy of the model with
     every parameter and buffer replaced by its absolute value, in eval mode, ``R = 1^T f(1)`` for an
     all-ones input; the score is ``|w * dR/dw|``. No data is used."""
     import copy
 
+    input_shape = _need_input_shape(input_shape)
     net = copy.deepcopy(model).double().eval()
     with torch.no_grad():
         for t in itertools.chain(net.parameters(), net.buffers()):
@@ -206,13 +232,14 @@ def _synflow_scores(model, params, batches=None, *, input_shape, masks=None, **k
     return {n: (t.detach() * g).abs().float() for n, t, g in zip(params, tensors, grads)}
 
 
-def _synflow_masks(model, params, batches, sparsity, scope, *, input_shape, synflow_iterations: int = 100, **kw):
+def _synflow_masks(model, params, batches, sparsity, scope, *, input_shape=None, synflow_iterations: int = 100, **kw):
     """Iterative SynFlow: ``n`` rounds of scoring and pruning with the exponential schedule of the
     paper, density after round ``k`` = ``(1 - sparsity) ** (k / n)``; pruned weights score 0, so the
     masks shrink monotonically and the last round removes exactly the target fraction."""
     from kdprune.pruning.threshold import global_masks, layerwise_masks
 
     fn = global_masks if scope == "global" else layerwise_masks
+    input_shape = _need_input_shape(input_shape)
     masks = None
     for k in range(1, synflow_iterations + 1):
         s_k = 1.0 - (1.0 - sparsity) ** (k / synflow_iterations)
@@ -227,26 +254,29 @@ CRITERIA: dict[str, Criterion] = {
     "teacher-guided": Criterion(
         "teacher-guided", "gradient saliency of alpha*CA-KLD + (1-alpha)*CE, summed over batches",
         "Alim et al., Teacher-Guided One-Shot Pruning via Context-Aware KD, IEEE BigData 2025",
-        needs_data=True, needs_teacher=True, fn=_teacher_guided),
+        needs_data=True, needs_teacher=True, fn=_teacher_guided,
+        options=("objective", "teacher", "form", "num_batches")),
     "magnitude": Criterion(
         "magnitude", "|w|, global threshold", "Han et al., Learning both Weights and Connections, NeurIPS 2015",
         needs_data=False, needs_teacher=False, fn=_magnitude),
     "random": Criterion(
         "random", "uniform random scores from the run's seed (a sanity baseline)",
         "Blalock et al., What is the State of Neural Network Pruning?, MLSys 2020",
-        needs_data=False, needs_teacher=False, fn=_random),
+        needs_data=False, needs_teacher=False, fn=_random, options=("seed",)),
     "snip": Criterion(
         "snip", "connection sensitivity |w * dCE/dw| at initialisation",
         "Lee et al., SNIP: Single-shot Network Pruning based on Connection Sensitivity, ICLR 2019",
-        needs_data=True, needs_teacher=False, fn=_snip),
+        needs_data=True, needs_teacher=False, fn=_snip, options=("num_batches",)),
     "grasp": Criterion(
         "grasp", "gradient-signal preservation -w * (H g) at initialisation",
         "Wang et al., Picking Winning Tickets Before Training by Preserving Gradient Flow, ICLR 2020",
-        needs_data=True, needs_teacher=False, fn=_grasp),
+        needs_data=True, needs_teacher=False, fn=_grasp,
+        options=("num_batches", "grasp_temperature")),
     "synflow": Criterion(
         "synflow", "iterative synaptic flow |w * dR/dw|, data-free, 100 rounds, exponential schedule",
         "Tanaka et al., Pruning neural networks without any data by iteratively conserving synaptic flow, NeurIPS 2020",
-        needs_data=False, needs_teacher=False, fn=_synflow_scores, masks_fn=_synflow_masks),
+        needs_data=False, needs_teacher=False, fn=_synflow_scores, masks_fn=_synflow_masks,
+        options=("input_shape", "synflow_iterations")),
 }
 
 
@@ -258,4 +288,5 @@ def get_criterion(name: str) -> Criterion:
 
 def compute_scores(name: str, model: nn.Module, params: dict[str, nn.Parameter],
                    batches: Iterable | None = None, **kw) -> dict[str, torch.Tensor]:
+    """``get_criterion(name).score(...)``: a keyword the criterion does not take is an error."""
     return get_criterion(name).score(model, params, batches, **kw)

@@ -44,14 +44,20 @@ class MaskSet:
         self._fmasks = [m.to(p.dtype) for m, p in zip(self.masks.values(), self._params)]
         return self
 
+    def _bound(self) -> None:
+        if not self._params and self.masks:
+            raise RuntimeError("this MaskSet is not bound to a model: call masks.bind(model) first")
+
     @torch.no_grad()
     def apply_(self) -> None:
-        """Zero every pruned weight in place."""
+        """Zero every pruned weight in place (after :meth:`bind`)."""
+        self._bound()
         if self._params:
             torch._foreach_mul_(self._params, self._fmasks)
 
     @torch.no_grad()
     def mask_grads_(self) -> None:
+        self._bound()
         grads, masks = [], []
         for p, m in zip(self._params, self._fmasks):
             if p.grad is not None:
@@ -63,6 +69,7 @@ class MaskSet:
     @torch.no_grad()
     def mask_optimizer_state_(self, optimizer: torch.optim.Optimizer) -> None:
         """Zero every per-weight optimizer state (momentum buffers, Adam moments) of pruned weights."""
+        self._bound()
         for p, m in zip(self._params, self._fmasks):
             for v in optimizer.state.get(p, {}).values():
                 if torch.is_tensor(v) and v.shape == p.shape:

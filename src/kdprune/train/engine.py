@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from kdprune.errors import UserError
 from kdprune.io import write_text
@@ -28,6 +27,7 @@ from kdprune.losses import Objective
 from kdprune.pruning.masks import MaskSet
 from kdprune.pruning.prunable import unwrap
 from kdprune.train.checkpoint import load_checkpoint, save_checkpoint
+from kdprune.train.progress import Progress
 
 
 class TrainingDiverged(UserError):
@@ -85,18 +85,50 @@ def _autocast(device: torch.device, amp: bool):
     return torch.autocast("cuda", dtype=dtype), scaler
 
 
+def model_device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def data_device(batches, model: nn.Module) -> torch.device:
+    """Where batches are computed: the loader's device (kdprune's TensorLoader), else the model's."""
+    dev = getattr(batches, "device", None)
+    return torch.device(dev) if dev is not None else model_device(model)
+
+
+def to_device(batch, device: torch.device):
+    """``(x, y, ...)`` moved to ``device`` (a no-op for tensors already there, e.g. a TensorLoader's)."""
+    try:
+        return tuple(t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in batch)
+    except TypeError:
+        raise UserError(f"expected batches of (inputs, labels) tensors, got {type(batch).__name__}") from None
+
+
+def check_batches(batches, what: str = "data") -> None:
+    """Batches must be re-iterable with a length (a list, a DataLoader, a TensorLoader); not a generator."""
+    if iter(batches) is batches:
+        raise UserError(f"{what} is a one-shot iterator; pass something that can be iterated every epoch "
+                        "(a list of (x, y) batches, a DataLoader or a kdprune TensorLoader)")
+    try:
+        len(batches)
+    except TypeError:
+        raise UserError(f"{what} has no len(); pass a list of (x, y) batches, a DataLoader or a TensorLoader") from None
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, amp: bool = False) -> dict:
-    """Top-1 accuracy (percent) and mean cross-entropy of ``model`` on ``loader``."""
+    """Top-1 accuracy (percent) and mean cross-entropy of ``model`` on ``loader`` (any iterable of
+    ``(inputs, labels)`` batches: a kdprune TensorLoader, a DataLoader, a list)."""
     was = model.training
     model.eval()
-    device = loader.device
+    device = data_device(loader, model)
     ctx, _ = _autocast(device, amp)
     correct = torch.zeros((), device=device, dtype=torch.long)
     loss_sum = torch.zeros((), device=device)
     n = 0
     with torch.inference_mode():
-        for x, y in loader:
+        for batch in loader:
+            x, y = to_device(batch, device)[:2]
             with ctx:
                 logits = model(x)
             loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
@@ -126,6 +158,10 @@ class Callback:
 
 
 class Trainer:
+    """Trains ``model`` on ``train_loader`` (any re-iterable of ``(inputs, labels)`` batches with a length:
+    a kdprune TensorLoader, a ``torch.utils.data.DataLoader``, a list) and evaluates on ``test_loader``
+    (or not, when it is None) after every epoch."""
+
     def __init__(
         self,
         model: nn.Module,
@@ -146,16 +182,20 @@ class Trainer:
         is_main: bool = True,
     ):
         if objective.needs_teacher and teacher is None:
-            raise ValueError(f"objective {objective.name} needs a teacher")
+            raise UserError(f"objective {objective.name} needs a teacher")
+        check_batches(train_loader, "the training data")
+        if test_loader is not None:
+            check_batches(test_loader, "the test data")
+        device = data_device(train_loader, model)
         from kdprune import distributed
 
         if distributed.is_distributed() and not isinstance(model, nn.parallel.DistributedDataParallel):
-            ids = [self.device_index(train_loader.device)] if train_loader.device.type == "cuda" else None
+            ids = [self.device_index(device)] if device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.model = model  # possibly DDP-wrapped; unwrap(model) is the plain module
         self.objective, self.optim_spec, self.epochs = objective, optim, int(epochs)
         self.train_loader, self.test_loader = train_loader, test_loader
-        self.device = train_loader.device
+        self.device = device
         self.teacher = teacher
         if teacher is not None:
             teacher.eval().requires_grad_(False)
@@ -163,6 +203,7 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.amp = amp
         self.progress = progress
+        self._progress = Progress(desc, 0, None, enabled=False)
         self.desc = desc
         self.callbacks = list(callbacks)
         self.is_main = is_main
@@ -178,6 +219,8 @@ class Trainer:
         if self.masks is not None:
             self.masks.apply_()
         if hasattr(objective, "attach"):
+            if not hasattr(train_loader, "batches_with_index"):
+                raise UserError(f"the {objective.name} objective needs a kdprune TensorLoader (it indexes samples)")
             objective.attach(train_loader)
 
     @staticmethod
@@ -238,16 +281,11 @@ class Trainer:
         barrier()
 
     # ---------------------------------------------------------------------------------------- loop
-    def _bar_disabled(self) -> bool | None:
-        """tqdm's ``disable``: off on non-main ranks, None (auto: only on a TTY) unless forced."""
-        if not self.is_main:
-            return True
-        return None if self.progress is None else not self.progress
-
     def _train_epoch(self, epoch: int) -> dict:
         model, opt, masks = self.model, self.optimizer, self.masks
         model.train()
-        self.train_loader.set_epoch(epoch)
+        if hasattr(self.train_loader, "set_epoch"):
+            self.train_loader.set_epoch(epoch)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         n = 0
@@ -255,15 +293,15 @@ class Trainer:
         batches = self.train_loader.batches_with_index() if own_forward else self.train_loader
         if own_forward:
             self.objective.start_epoch(epoch, self.epochs)
-        for batch in tqdm(batches, total=len(self.train_loader), desc=f"{self.desc} {epoch + 1}/{self.epochs}",
-                          leave=False, disable=self._bar_disabled(), unit="batch"):
+        for batch in batches:
+            batch = to_device(batch, self.device)
             if own_forward:
                 x, y, idx = batch
                 with self.autocast:
                     loss, logits = self.objective.forward_loss(self.step_fn, x, y, idx)
                 self.extra_images += self.objective.last_extra_images
             else:
-                x, y = batch
+                x, y = batch[:2]
                 teacher_logits = None
                 if self.objective.needs_teacher:
                     with torch.inference_mode(), self.autocast:
@@ -294,6 +332,7 @@ class Trainer:
             loss_sum += loss.detach().float() * y.numel()
             correct += (logits.detach().argmax(1) == y).sum()
             n += y.numel()
+            self._progress.step()
         self.images_seen += n
         if own_forward:
             self.objective.end_epoch()
@@ -308,21 +347,32 @@ class Trainer:
             self.load_state_dict(load_checkpoint(self.checkpoint_path, map_location=self.device))
         if self.masks is not None:
             self.masks.mask_optimizer_state_(self.optimizer)
-        for epoch in range(self.start_epoch, self.epochs):
-            t0 = time.perf_counter()
-            metrics = self._train_epoch(epoch)
-            if not math.isfinite(metrics["train_loss"]):
-                raise TrainingDiverged(
-                    f"{self.desc}: the loss became {metrics['train_loss']} in epoch {epoch + 1}; "
-                    f"the last good checkpoint is kept (lower --lr or set --grad-clip)")
-            metrics.update({f"test_{k}": v for k, v in evaluate(unwrap(self.model), self.test_loader, self.amp).items()})
-            metrics.update({"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
-                            "seconds": time.perf_counter() - t0})
-            self.history.append(metrics)
-            for cb in self.callbacks:  # side files first, then the checkpoint commits the epoch
-                cb.on_epoch_end(self, epoch, metrics)
-            self._write_epoch(epoch)
+        self._progress = Progress(self.desc, self.epochs, len(self.train_loader), self.progress, enabled=self.is_main)
+        self._progress.start(self.start_epoch)
+        try:
+            for epoch in range(self.start_epoch, self.epochs):
+                t0 = time.perf_counter()
+                metrics = self._train_epoch(epoch)
+                if not math.isfinite(metrics["train_loss"]):
+                    raise TrainingDiverged(
+                        f"{self.desc}: the loss became {metrics['train_loss']} in epoch {epoch + 1}; "
+                        f"the last good checkpoint is kept (lower --lr or set --grad-clip)")
+                metrics.update({f"test_{k}": v for k, v in self._evaluate().items()})
+                metrics.update({"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
+                                "seconds": time.perf_counter() - t0})
+                self.history.append(metrics)
+                self._progress.epoch_end(epoch + 1, metrics)
+                for cb in self.callbacks:  # side files first, then the checkpoint commits the epoch
+                    cb.on_epoch_end(self, epoch, metrics)
+                self._write_epoch(epoch)
+        finally:
+            self._progress.close()
         if not self.history:  # zero epochs: still report where the model stands
-            m = evaluate(unwrap(self.model), self.test_loader, self.amp)
+            m = self._evaluate()
             return {"test_top1": m["top1"], "test_loss": m["loss"], "epoch": 0, "history": []}
         return {**self.history[-1], "history": self.history}
+
+    def _evaluate(self) -> dict:
+        if self.test_loader is None:
+            return {"top1": None, "loss": None}
+        return evaluate(unwrap(self.model), self.test_loader, self.amp)

@@ -1,0 +1,205 @@
+"""kdprune's Python API: teacher-guided one-shot pruning for any ``nn.Module`` student and teacher.
+
+Data is any re-iterable of ``(inputs, labels)`` batches with a length: a ``torch.utils.data.DataLoader``,
+a list of tensor pairs, or kdprune's own :class:`kdprune.data.TensorLoader`. Batches are moved to the
+model's device. Prunable weights are the ``weight`` of every ``Conv2d`` and ``Linear`` layer (depthwise
+and grouped convolutions included); biases and normalisation layers are never pruned.
+
+The whole recipe in one call::
+
+    import kdprune
+    result = kdprune.prune(student, teacher, train_loader, sparsity=0.9, test_data=test_loader, epochs=10)
+    result.model, result.masks, result.metrics["top1"]
+
+and the pieces beneath it, one per step of the method::
+
+    kdprune.distill(student, teacher, train_loader, epochs=30)            # 2. the student under L_total
+    scores = kdprune.score(student, train_loader, teacher=teacher)        # 3. sum_b |w * dL_total,b/dw|
+    masks = kdprune.mask(scores, 0.9)                                     # 4. one global threshold
+    kdprune.retrain(student, masks, train_loader, epochs=10, teacher=teacher)   # 5. KD (teacher) or plain
+    kdprune.evaluate(student, test_loader)                                # {"top1": ..., "loss": ...}
+    kdprune.export(student, "student.onnx", format="onnx", input_shape=(3, 32, 32))
+
+Every function rejects keywords it does not know (Python's ``TypeError``) and options that do not apply
+(``kdprune.errors.UserError``); the teacher is put in eval mode and frozen wherever it is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from kdprune.errors import UserError
+from kdprune.losses import CrossEntropy, Distillation
+from kdprune.pruning.criteria import get_criterion
+from kdprune.pruning.masks import MaskSet, sparsity_report
+from kdprune.pruning.prunable import prunable_parameters
+from kdprune.pruning.threshold import check_sparsity, global_masks, layerwise_masks
+from kdprune.train.engine import OptimSpec, Trainer, check_batches
+from kdprune.train.engine import evaluate as _evaluate
+
+__all__ = ["PruneResult", "distill", "evaluate", "export", "mask", "prune", "retrain", "score"]
+
+
+def _freeze(teacher: nn.Module | None) -> nn.Module | None:
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)
+    return teacher
+
+
+def _first_input_shape(data) -> tuple:
+    x = next(iter(data))[0]
+    return tuple(x.shape[1:])
+
+
+def score(model: nn.Module, data=None, *, criterion: str = "teacher-guided", teacher: nn.Module | None = None,
+          alpha: float = 0.9, temperature: float = 4.0, kd_loss: str = "ca-kld", kd_std: str = "population",
+          num_batches: int | None = None, prune_first: bool = True, prune_last: bool = True,
+          **options) -> dict[str, torch.Tensor]:
+    """Importance scores of the prunable weights of ``model`` (higher = keep), by ``criterion``.
+
+    ``teacher-guided`` (the paper's): ``sum_b |w * dL_total,b/dw|`` with ``L_total = alpha*CA-KLD +
+    (1-alpha)*CE`` against ``teacher``, over ``num_batches`` batches of ``data`` (default: all of it, at
+    most 100), the model in eval mode. Other criteria: ``magnitude``, ``random``, ``snip``, ``grasp``,
+    ``synflow``. ``options`` are the criterion's own (``form`` for teacher-guided, ``seed`` for random,
+    ``grasp_temperature``, ``synflow_iterations``, ``input_shape`` for synflow); any other is an error.
+    """
+    crit = get_criterion(criterion)
+    if crit.needs_data:
+        if data is None:
+            raise UserError(f"criterion {criterion!r} needs data: score(model, data, ...)")
+        check_batches(data)
+    kw = dict(options)
+    if crit.needs_teacher:
+        if teacher is None:
+            raise UserError(f"criterion {criterion!r} needs a teacher: score(model, data, teacher=...)")
+        kw.setdefault("objective", Distillation(alpha, temperature, kd_loss, std=kd_std))
+        kw["teacher"] = _freeze(teacher)
+    elif teacher is not None:
+        raise UserError(f"criterion {criterion!r} does not use a teacher")
+    if crit.needs_data:
+        kw["num_batches"] = num_batches or min(len(data), 100)
+    if criterion == "synflow" and "input_shape" not in kw and data is not None:
+        kw["input_shape"] = _first_input_shape(data)
+    params = prunable_parameters(model, prune_first, prune_last)
+    if not params:
+        raise UserError("the model has no Conv2d or Linear weights to prune")
+    return crit.score(model, params, iter(data) if crit.needs_data else None, **kw)
+
+
+def mask(scores: dict[str, torch.Tensor], sparsity: float, *, scope: str = "global") -> MaskSet:
+    """Keep-masks removing exactly ``round(sparsity * N)`` of the ``N`` scored weights: one threshold over
+    all layers (``scope="global"``, the paper's) or the same fraction per layer (``"layerwise"``)."""
+    check_sparsity(sparsity)
+    if scope not in ("global", "layerwise"):
+        raise UserError(f"scope: expected global or layerwise, got {scope!r}")
+    return MaskSet((global_masks if scope == "global" else layerwise_masks)(scores, sparsity))
+
+
+def _train(model, objective, train_data, epochs, test_data, teacher, masks, lr, optimizer, momentum, nesterov,
+           weight_decay, schedule, progress, out_dir, desc) -> dict:
+    if epochs < 0:
+        raise UserError(f"epochs: must not be negative, got {epochs}")
+    spec = OptimSpec(optimizer=optimizer, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                     schedule=schedule)
+    trainer = Trainer(model, objective, spec, epochs, train_data, test_data, teacher=_freeze(teacher), masks=masks,
+                      out_dir=out_dir, progress=progress, desc=desc)
+    result = trainer.fit(resume=out_dir is not None)
+    out = {"top1": result.get("test_top1"), "history": result["history"], "epochs": epochs,
+           "images_fwd_bwd": trainer.images_seen + trainer.extra_images, "teacher_forwards": trainer.teacher_forwards}
+    if masks is not None:
+        out["sparsity"] = sparsity_report(model, list(masks.masks))["sparsity"]
+    return out
+
+
+def retrain(model: nn.Module, masks: MaskSet, train_data, *, epochs: int, test_data=None,
+            teacher: nn.Module | None = None, alpha: float = 0.9, temperature: float = 4.0, kd_loss: str = "ca-kld",
+            kd_std: str = "population", lr: float = 0.01, optimizer: str = "sgd", momentum: float = 0.9,
+            nesterov: bool = True, weight_decay: float = 5e-4, schedule: str = "cosine", progress: bool | None = None,
+            out_dir: str | Path | None = None, desc: str = "retrain") -> dict:
+    """Sparsity-aware retraining of ``model`` under ``masks`` (bound here): KD-guided with ``L_total`` when a
+    ``teacher`` is given, plain cross-entropy otherwise. Pruned weights, their gradients and their optimizer
+    state stay exactly zero. ``out_dir`` makes it resumable (a checkpoint per epoch). Returns the metrics."""
+    if not isinstance(masks, MaskSet):
+        raise UserError("masks: expected a kdprune MaskSet (from kdprune.mask)")
+    masks.bind(model)
+    objective = Distillation(alpha, temperature, kd_loss, std=kd_std) if teacher is not None else CrossEntropy()
+    return _train(model, objective, train_data, epochs, test_data, teacher, masks, lr, optimizer, momentum, nesterov,
+                  weight_decay, schedule, progress, out_dir, desc)
+
+
+def distill(student: nn.Module, teacher: nn.Module, train_data, *, epochs: int, test_data=None, alpha: float = 0.9,
+            temperature: float = 4.0, kd_loss: str = "ca-kld", kd_std: str = "population", lr: float = 0.1,
+            optimizer: str = "sgd", momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 5e-4,
+            schedule: str = "cosine", progress: bool | None = None, out_dir: str | Path | None = None,
+            desc: str = "distill") -> dict:
+    """Step 2 of the method: train the dense ``student`` under ``teacher`` with ``L_total``."""
+    objective = Distillation(alpha, temperature, kd_loss, std=kd_std)
+    return _train(student, objective, train_data, epochs, test_data, teacher, None, lr, optimizer, momentum, nesterov,
+                  weight_decay, schedule, progress, out_dir, desc)
+
+
+def evaluate(model: nn.Module, data) -> dict:
+    """``{"top1": percent, "loss": mean cross-entropy}`` of ``model`` on ``data`` (eval mode)."""
+    check_batches(data, "the evaluation data")
+    return _evaluate(model, data)
+
+
+def export(model: nn.Module, path: str | Path, *, format: str = "dense", input_shape: tuple | None = None,
+           fp16: bool = False) -> dict:
+    """Write an in-memory model: ``dense`` (a plain state_dict in safetensors), ``sparse`` (bitmask or COO
+    plus values, :func:`kdprune.deploy.sparse_format.load_sparse` reads it back) or ``onnx`` (needs
+    ``input_shape=(C, H, W)``; checked against PyTorch by ONNX Runtime). Returns sizes and checks."""
+    from kdprune.deploy.exporting import write_export
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return write_export(path, format, state, model=model if format == "onnx" else None, fp16=fp16,
+                        input_shape=input_shape)
+
+
+@dataclass
+class PruneResult:
+    model: nn.Module
+    masks: MaskSet
+    scores: dict[str, torch.Tensor]
+    metrics: dict = field(default_factory=dict)
+
+
+def prune(student: nn.Module, teacher: nn.Module | None, train_data, sparsity: float, *, test_data=None,
+          criterion: str = "teacher-guided", scope: str = "global", retrain: str = "kd", epochs: int = 10,
+          lr: float = 0.01, distill_epochs: int = 0, distill_lr: float = 0.1, alpha: float = 0.9,
+          temperature: float = 4.0, kd_loss: str = "ca-kld", kd_std: str = "population", num_batches: int | None = None,
+          prune_first: bool = True, prune_last: bool = True, progress: bool | None = None,
+          **criterion_options) -> PruneResult:
+    """The paper's recipe on your models, in place on ``student``: optionally ``distill_epochs`` of KD
+    training (step 2; skip it when the student is already trained), teacher-guided scores (step 3), one
+    global threshold at ``sparsity`` (step 4), then ``epochs`` of retraining, ``retrain="kd"`` (under the
+    teacher) or ``"plain"`` (step 5). ``criterion`` swaps step 3 for a baseline (``magnitude``, ...)."""
+    if retrain not in ("kd", "plain"):
+        raise UserError(f"retrain: expected kd or plain, got {retrain!r}")
+    if retrain == "kd" and teacher is None:
+        raise UserError("retrain='kd' needs a teacher (or use retrain='plain')")
+    metrics: dict = {}
+    if test_data is not None:
+        metrics["dense_top1"] = evaluate(student, test_data)["top1"]
+    if distill_epochs:
+        metrics["distill"] = distill(student, teacher, train_data, epochs=distill_epochs, test_data=test_data,
+                                     alpha=alpha, temperature=temperature, kd_loss=kd_loss, kd_std=kd_std,
+                                     lr=distill_lr, progress=progress)
+        metrics["dense_top1"] = metrics["distill"]["top1"]
+    crit_teacher = teacher if get_criterion(criterion).needs_teacher else None
+    scores = score(student, train_data, criterion=criterion, teacher=crit_teacher, alpha=alpha,
+                   temperature=temperature, kd_loss=kd_loss, kd_std=kd_std, num_batches=num_batches,
+                   prune_first=prune_first, prune_last=prune_last, **criterion_options)
+    masks = mask(scores, sparsity, scope=scope).bind(student)
+    masks.apply_()
+    if test_data is not None:
+        metrics["pruned_top1"] = evaluate(student, test_data)["top1"]
+    r = globals()["retrain"](student, masks, train_data, epochs=epochs, test_data=test_data,
+                             teacher=teacher if retrain == "kd" else None, alpha=alpha, temperature=temperature,
+                             kd_loss=kd_loss, kd_std=kd_std, lr=lr, progress=progress, desc=f"retrain ({retrain})")
+    metrics.update({"top1": r["top1"], "sparsity": r["sparsity"], "retrain": r})
+    return PruneResult(student, masks, scores, metrics)
