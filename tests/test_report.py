@@ -66,3 +66,15 @@ def test_published_numbers_printed_beside_ours(runs, tmp_path, run_cli):
     (tmp_path / "bad.yaml").write_text("digits: [1, 2]\n")
     code, _, err = run_cli("report", runs, "--out", tmp_path / "r", "--published", tmp_path / "bad.yaml")
     assert code == 2 and "expected dataset" in err
+
+
+def test_one_seed_report_shows_no_spread_and_no_radar_for_one_method(tmp_path, run_cli):
+    d = tmp_path / "one"
+    d.mkdir()
+    rows = [_row("teacher-guided", "plain", 0, s, 90.0 - 10 * s) for s in (0.5, 0.75, 0.9, 0.94, 0.98)]
+    (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = run_cli("report", d, "--out", tmp_path / "rep")
+    assert code == 0, err
+    md = (tmp_path / "rep" / "results.md").read_text()
+    assert "one seed" in md and "±" not in md.split("### ")[0]
+    assert not (tmp_path / "rep" / "radar.png").exists()

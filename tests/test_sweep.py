@@ -61,6 +61,16 @@ def test_sweep_runs_shares_stages_and_rerun_skips(tmp_path, run_cli):
     # the report reads the sweep's runs
     code, out, err = run_cli("report", tmp_path / "out" / "runs", "--out", tmp_path / "rep")
     assert code == 0 and "mean ± std over 2 seeds" in out
+    # an unreadable store is set aside with one line and rebuilt from the runs' results.jsonl: nothing lost
+    before = sorted(_rows(tmp_path))
+    for side in ("results.sqlite-wal", "results.sqlite-shm"):
+        (tmp_path / "out" / side).unlink(missing_ok=True)
+    (tmp_path / "out" / "results.sqlite").write_text("not a database\n")
+    code, out, err = run_cli("sweep", f)
+    assert code == 0, err
+    assert "is not a readable results store" in out and "Traceback" not in err
+    assert sorted(_rows(tmp_path)) == before
+    assert len(list((tmp_path / "out").glob("results.sqlite.unreadable-*"))) == 1
 
 
 def _sweep_proc(f, *extra):
@@ -94,9 +104,10 @@ def test_two_sweeps_and_two_workers_on_one_store(tmp_path):
     assert len(rows) == EXPECTED == len(set(rows))
 
 
-@pytest.mark.parametrize("name", ["cpu/digits-all-methods.yaml", "paper/cifar10.yaml", "paper/cifar100.yaml",
-                                  "paper/tinyimagenet.yaml"])
-def test_shipped_sweep_configs_are_valid(name):
+@pytest.mark.parametrize("name, extra", [("cpu/digits-all-methods.yaml", 12), ("paper/cifar10.yaml", 6),
+                                         ("paper/cifar100.yaml", 6), ("paper/tinyimagenet.yaml", 6)])
+def test_shipped_sweep_configs_are_valid(name, extra):
+    """Every method at 3 seeds, plus the post-training rows retrained with restart and lr-rewind."""
     from pathlib import Path
 
     from kdprune.experiments.sweep import load_sweep
@@ -104,7 +115,8 @@ def test_shipped_sweep_configs_are_valid(name):
 
     _, cfgs = load_sweep(Path(__file__).parent.parent / "configs" / name)
     assert {c.method for c in cfgs} == set(METHODS) - {"teacher-guided"} | {"teacher-guided"}
-    assert all(c.seed in (0, 1, 2) for c in cfgs) and len(cfgs) == 3 * len(METHODS)
+    assert all(c.seed in (0, 1, 2) for c in cfgs) and len(cfgs) == 3 * len(METHODS) + extra
+    assert {c.retrain_schedule for c in cfgs} == {"finetune", "restart", "lr-rewind"}
 
 
 def test_shared_dense_stage_serves_imp_after_another_method(tmp_path, run_cli):

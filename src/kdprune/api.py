@@ -38,7 +38,8 @@ from kdprune.pruning.criteria import get_criterion
 from kdprune.pruning.masks import MaskSet, sparsity_report
 from kdprune.pruning.prunable import prunable_parameters
 from kdprune.pruning.threshold import check_sparsity, global_masks, layerwise_masks
-from kdprune.train.engine import OptimSpec, Trainer, check_batches
+from kdprune.data.batches import check_batches
+from kdprune.train.engine import OptimSpec, Trainer
 from kdprune.train.engine import evaluate as _evaluate
 
 __all__ = ["PruneResult", "distill", "evaluate", "export", "mask", "prune", "retrain", "score"]

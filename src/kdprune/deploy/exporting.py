@@ -36,9 +36,11 @@ def describe_source(src: str | Path, arch: str | None = None) -> dict:
             d = yaml.safe_load(meta.read_text()) if meta.suffix == ".yaml" else read_json(meta)
             info["arch"] = info["arch"] or d.get("arch")
             info["dataset"] = info["dataset"] or d.get("dataset")
+            info["resized"] = info.get("resized") or d.get("image_size")
     if info["dataset"] is None and (folder.parent / "config.yaml").is_file():  # teacher/ and student/ of a run
         d = yaml.safe_load((folder.parent / "config.yaml").read_text())
         info["dataset"] = d.get("dataset")
+        info["resized"] = info.get("resized") or d.get("image_size")
         if info["arch"] is None and folder.name == "teacher":
             info["arch"] = d.get("teacher_arch")
     weights = [v for k, v in state.items() if k.endswith(".weight") and v.dim() in (2, 4)]
@@ -46,7 +48,7 @@ def describe_source(src: str | Path, arch: str | None = None) -> dict:
         raise UserError(f"{wfile} holds no conv or linear weights")
     info["in_channels"] = int(next(w for w in weights if w.dim() == 4).shape[1]) if any(w.dim() == 4 for w in weights) else None
     info["num_classes"] = int([w for w in weights if w.dim() == 2][-1].shape[0]) if any(w.dim() == 2 for w in weights) else None
-    info["image_size"] = IMAGE_SIZE.get(info["dataset"] or "", None)
+    info["image_size"] = info.pop("resized", None) or IMAGE_SIZE.get(info["dataset"] or "", None)
     return info
 
 
@@ -223,13 +225,17 @@ def onnx_export(model: torch.nn.Module, x: torch.Tensor, path: str) -> str:
         torch.onnx.export(model, (x,), path, input_names=["images"], output_names=["logits"],
                           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
         return "torchscript"
+    import warnings
+
     log = logging.getLogger("torch.onnx")
     level = log.level
     log.setLevel(logging.ERROR)  # it warns about every torchvision op it cannot register
     try:
-        torch.onnx.export(model, (x,), path, input_names=["images"], output_names=["logits"],
-                          dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
-                          external_data=False)  # one self-contained file (weights inside), not path + path.data
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)  # inside torch
+            torch.onnx.export(model, (x,), path, input_names=["images"], output_names=["logits"],
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
+                              external_data=False)  # one self-contained file (weights inside), not path + .data
     finally:
         log.setLevel(level)
     return "torch.export"

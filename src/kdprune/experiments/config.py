@@ -32,6 +32,8 @@ class CommonConfig:
     dataset: str = _f("digits", "digits (embedded, no download) | cifar10 | cifar100 | tinyimagenet")
     data_dir: str | None = _f(None, "folder holding the dataset (its official folder or the parent)")
     download: bool = _f(False, "download and checksum the official archive into --data-dir first")
+    image_size: int | None = _f(None, "resize every image to this size once at load (area averaging), e.g. 16 for "
+                                      "a CPU-sized CIFAR; default: the dataset's own", neutral=None)
     batch_size: int = _f(64, "mini-batch size")
     lr: float = _f(0.1, "peak learning rate of dense/teacher/student training")
     optimizer: str = _f("sgd", "sgd | adamw")
@@ -55,7 +57,7 @@ class TrainConfig(CommonConfig):
     """``kdprune train``: dense training with cross-entropy."""
 
     arch: str = _f("resnet20", "architecture (see `kdprune models`)")
-    epochs: int = _f(60, "training epochs")
+    epochs: int = _f(15, "training epochs")
     out: str = _f("runs/train", "output folder")
 
 
@@ -67,7 +69,7 @@ class DistillConfig:
     kd_eps: float = _f(1e-7, "epsilon of the CA-KLD logit normalisation")
     kd_t_squared: bool = _f(True, "multiply the KD term by T^2 as in Hinton et al.")
     kd_std: str = _f("population", "CA-KLD logit standardisation: population std (the formula's) | sample "
-                     "(N-1, as the logit-standardisation reference code)", neutral=True)
+                     "(N-1, as the logit-standardisation reference code)", neutral="population")
 
 
 @dataclass
@@ -78,6 +80,11 @@ class PruneOptions:
     score_form: str = _f("taylor", "gradient score: taylor |w*g| | grad |g| | taylor2 (w*g)^2")
     prune_first: bool = _f(True, "prune the first convolution")
     prune_last: bool = _f(True, "prune the classifier")
+    score_rounds: int = _f(1, "progressive scoring: reach each sparsity in R score->mask steps on an exponential "
+                              "schedule, re-scoring the masked student (1 = the paper's one-shot)", neutral=1)
+    layer_floor: float = _f(0.0, "keep at least this fraction of every layer (0 = none, the paper's)", neutral=0.0)
+    score_norm: str = _f("none", "per-layer score normalisation before the global threshold: none (the paper's) | "
+                                 "l2 | mean", neutral="none")
 
 
 @dataclass
@@ -94,7 +101,7 @@ class PruneConfig(CommonConfig, DistillConfig, CriterionOptions, PruneOptions):
     arch: str = _f("resnet20", "architecture of --checkpoint")
     sparsity: float = _f(0.9, "fraction of prunable weights to remove, in (0, 1)")
     teacher_checkpoint: str | None = _f(None, "teacher for --method teacher-guided")
-    teacher_arch: str = _f("resnet56", "architecture of --teacher-checkpoint")
+    teacher_arch: str = _f("resnet32", "architecture of --teacher-checkpoint")
     out: str = _f("runs/prune", "output folder")
 
 
@@ -105,6 +112,9 @@ class IMPOptions:
     rewind_epoch: int = _f(1, "IMP: rewind surviving weights to this epoch of dense training (0 = init, as in LTH)")
     imp_reinit: bool = _f(False, "IMP control: random re-initialisation instead of rewinding")
     colt_partitions: int = _f(2, "COLT: class-partitioned tickets per round")
+    colt_heads: str = _f("own", "COLT: own (each ticket its own C/P-class head, as the reference code) | shared "
+                                "(one C-class head pruned by intersection, kdprune's earlier reading)", neutral="shared",
+                        recipes=("colt",))
 
 
 @dataclass
@@ -117,13 +127,20 @@ class RunConfig(CommonConfig, DistillConfig, CriterionOptions, IMPOptions, EPSDO
     """``kdprune run``: teacher -> KD student -> one-shot pruning at each sparsity -> retraining."""
 
     arch: str = _f("resnet20", "student architecture")
-    teacher_arch: str = _f("resnet56", "teacher architecture")
+    teacher_arch: str = _f("resnet32", "teacher architecture")
     teacher_checkpoint: str | None = _f(None, "use this trained teacher instead of training one")
+    teacher_seed: int | None = _f(None, "seed of the teacher's training (default: --seed); one value over a sweep "
+                                        "of seeds trains one teacher that every seed shares", neutral=None)
     student_checkpoint: str | None = _f(None, "start the student from these weights (default: random init)")
-    teacher_epochs: int = _f(60, "teacher training epochs (when no --teacher-checkpoint)")
-    student_epochs: int = _f(60, "student distillation epochs")
-    retrain_epochs: int = _f(30, "sparsity-aware retraining epochs")
-    retrain_lr: float = _f(0.01, "peak learning rate of retraining")
+    teacher_epochs: int = _f(15, "teacher training epochs (when no --teacher-checkpoint)")
+    student_epochs: int = _f(15, "student distillation epochs")
+    retrain_epochs: int = _f(6, "sparsity-aware retraining epochs (the retraining budget)")
+    retrain_schedule: str = _f(
+        "restart", "retraining learning rate: finetune (--retrain-lr decayed by --schedule over the retraining) | "
+        "lr-rewind (the last --retrain-epochs of the training schedule: peak --lr over --student-epochs, Renda et "
+        "al. 2020) | restart (the training schedule from peak --lr, compressed into the retraining)",
+        neutral="finetune")
+    retrain_lr: float = _f(0.01, "peak learning rate of retraining with --retrain-schedule finetune")
     sparsity: list[float] = _f([0.5, 0.75, 0.9, 0.95, 0.98], "comma list of target sparsities, each in (0, 1)")
     retrain: str = _f("both", "plain (CE) | kd (L_total) | both")
     out: str = _f("runs/default", "output folder")
@@ -198,6 +215,12 @@ def _validate(cfg) -> None:
     for k in nonneg:
         if hasattr(cfg, k) and getattr(cfg, k) < 0:
             raise UserError(f"{k}: must not be negative, got {getattr(cfg, k)}")
+    if getattr(cfg, "image_size", None) is not None and not 4 <= cfg.image_size <= 1024:
+        raise UserError(f"image_size: must lie in [4, 1024], got {cfg.image_size}")
+    if getattr(cfg, "score_rounds", 1) < 1:
+        raise UserError(f"score_rounds: must be at least 1, got {cfg.score_rounds}")
+    if not 0.0 <= getattr(cfg, "layer_floor", 0.0) < 1.0:
+        raise UserError(f"layer_floor: must lie in [0, 1), got {cfg.layer_floor}")
     if getattr(cfg, "score_batches", None) is not None and cfg.score_batches <= 0:
         raise UserError(f"score_batches: must be positive, got {cfg.score_batches}")
     if hasattr(cfg, "alpha") and not 0.0 <= cfg.alpha <= 1.0:
@@ -212,7 +235,9 @@ def _validate(cfg) -> None:
         raise UserError(f"sparsity: values repeat in {sp}")
     _validate_names_and_files(cfg)
     choices = {"retrain": ("plain", "kd", "both"), "scope": ("global", "layerwise"),
-               "kd_loss": ("ca-kld", "kd"), "kd_std": ("population", "sample"), "score_form": ("taylor", "grad", "taylor2"),
+               "kd_loss": ("ca-kld", "kd"), "kd_std": ("population", "sample"), "score_norm": ("none", "l2", "mean"),
+               "retrain_schedule": ("finetune", "lr-rewind", "restart"), "colt_heads": ("own", "shared"),
+               "score_form": ("taylor", "grad", "taylor2"),
                "optimizer": ("sgd", "adamw"), "schedule": ("cosine", "multistep", "constant")}
     for k, allowed in choices.items():
         if hasattr(cfg, k) and getattr(cfg, k) not in allowed:
@@ -288,19 +313,27 @@ def to_dict(cfg) -> dict:
     return asdict(cfg)
 
 
+def _recipe(cfg) -> str | None:
+    from kdprune.methods import METHODS
+
+    m = METHODS.get(getattr(cfg, "method", ""))
+    return m.recipe if m else None
+
+
 def identity(cfg, keys=None) -> dict:
-    """The fields that identify a run (or, with ``keys``, a shared stage) for hashing. A field declared
-    ``neutral`` (an option added after runs existed) is left out while it holds its default, so adding an
-    option never renames existing runs: an old sweep still finds and resumes them."""
+    """The fields that identify a run (or, with ``keys``, a shared stage) for hashing. An option added after
+    runs existed declares ``neutral``, the value that behaves as before it existed; it is left out while it
+    holds that value, so adding an option never renames existing runs: an old sweep still finds and resumes
+    them (and a changed default is still hashed)."""
     out = {}
     for f_ in fields(cfg):
         if keys is not None and f_.name not in keys:
             continue
         v = getattr(cfg, f_.name)
-        if f_.metadata.get("neutral"):
-            default = f_.default if f_.default is not MISSING else f_.default_factory()  # type: ignore[misc]
-            if v == default:
-                continue
+        if "neutral" in f_.metadata and v == f_.metadata["neutral"]:
+            continue
+        if "recipes" in f_.metadata and _recipe(cfg) not in f_.metadata["recipes"]:
+            continue  # an option of other recipes does not identify this run
         out[f_.name] = v
     return out
 

@@ -27,6 +27,7 @@ from kdprune.methods.context import RunContext, build_model, criterion_kwargs, d
 from kdprune.models.weights import load_weights
 from kdprune.pruning.criteria import get_criterion
 from kdprune.pruning.masks import MaskSet, sparsity_report
+from kdprune.pruning.progressive import progressive_masks
 from kdprune.pruning.prunable import prunable_parameters
 from kdprune.train import evaluate
 from kdprune.train.stage import make_env, optim_spec, run_training_stage
@@ -37,7 +38,7 @@ from kdprune.train.stage import make_env, optim_spec, run_training_stage
 def train_dense(cfg: TrainConfig, callbacks=()) -> dict:
     env = make_env(cfg)
     out = prepare_out(cfg, "train", env.is_main)
-    log(env, f"kdprune {cfg.__class__.__name__.removesuffix('Config').lower()}: {cfg.dataset} on {describe_compute(env)} -> {out}")
+    log(env, f"kdprune train: {cfg.dataset} on {describe_compute(env)} -> {out}")
     model = build_model(cfg.arch, env, cfg.seed)
     m = run_training_stage(out, model, CrossEntropy(), optim_spec(cfg), cfg.epochs, env, cfg,
                            desc=f"train {cfg.arch}", callbacks=callbacks,
@@ -62,12 +63,26 @@ def prune_checkpoint(cfg: PruneConfig) -> dict:
         teacher = load_weights(build_model(cfg.teacher_arch, env, cfg.seed), cfg.teacher_checkpoint, cfg.teacher_arch, nc)
         teacher.eval().requires_grad_(False)
     out = prepare_out(cfg, "prune", env.is_main)
-    log(env, f"kdprune {cfg.__class__.__name__.removesuffix('Config').lower()}: {cfg.dataset} on {describe_compute(env)} -> {out}")
+    log(env, f"kdprune prune: {cfg.dataset} on {describe_compute(env)} -> {out}")
     dense_top1 = evaluate(model, env.test, cfg.amp)["top1"]
     params = prunable_parameters(model, cfg.prune_first, cfg.prune_last)
     t0 = time.perf_counter()
-    keep = crit.masks_for(model, params, iter(env.score_loader(cfg.seed)) if crit.needs_data else None,
-                          cfg.sparsity, cfg.scope, **criterion_kwargs(crit, cfg, env, teacher))
+    kwargs = criterion_kwargs(crit, cfg, env, teacher)
+    batches = (lambda: iter(env.score_loader(cfg.seed))) if crit.needs_data else (lambda: None)  # noqa: E731
+    if crit.iterative:
+        keep = crit.masks_for(model, params, batches(), cfg.sparsity, cfg.scope, **kwargs)
+    else:
+        dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+
+        def score_masked(masks):  # the dense model, or with ``masks`` applied (progressive rounds)
+            model.load_state_dict(dense_state)
+            if masks is not None:
+                MaskSet(masks).bind(model).apply_()
+            return crit.score(model, params, batches(), **kwargs)
+
+        keep = progressive_masks(score_masked, cfg.sparsity, cfg.score_rounds, cfg.scope,
+                                 layer_floor=cfg.layer_floor, score_norm=cfg.score_norm)
+        model.load_state_dict(dense_state)
     score_s = time.perf_counter() - t0
     masks = MaskSet(keep).bind(model)
     masks.apply_()
@@ -97,7 +112,7 @@ def run_pipeline(cfg: RunConfig, callbacks=()) -> list[dict]:
         if path:
             load_weights(build_model(arch, env, cfg.seed), path, arch, env.data.num_classes)
     out = prepare_out(cfg, "run", env.is_main)
-    log(env, f"kdprune {cfg.__class__.__name__.removesuffix('Config').lower()}: {cfg.dataset} on {describe_compute(env)} -> {out}")
+    log(env, f"kdprune run: {cfg.dataset} on {describe_compute(env)} -> {out}")
     ctx = RunContext(cfg, env, out, tuple(callbacks), ["plain", "kd"] if cfg.retrain == "both" else [cfg.retrain])
     ctx.done = {result_key(r) for r in read_jsonl(out / "results.jsonl")}
     RECIPES[method.recipe](ctx)

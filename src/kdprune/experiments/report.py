@@ -19,7 +19,7 @@ from pathlib import Path
 from kdprune.errors import UserError
 from kdprune.io import atomic_path, read_jsonl, write_text
 
-CSV_COLUMNS = ["dataset", "arch", "teacher_arch", "method", "regime", "seed", "target_sparsity",
+CSV_COLUMNS = ["dataset", "arch", "teacher_arch", "method", "regime", "variant", "seed", "target_sparsity",
                "achieved_sparsity", "top1", "pruned_top1", "dense_top1", "teacher_top1", "epochs", "total_epochs",
                "images_fwd_bwd", "teacher_forwards", "scoring_batches", "wall_seconds", "total_wall_seconds",
                "nonzero_params", "total_params", "out"]
@@ -52,13 +52,20 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _series_label(rows: list[dict]) -> dict[int, str]:
-    """The regime, plus the schedule ("N ep") where one method/regime was run with several schedules."""
-    schedules = defaultdict(set)
+    """The regime, then the row's variant (retraining schedule, collapse guards) where a method was run
+    with several, then the budget ("N ep") where one method/regime/variant was run with several."""
+    variants, schedules = defaultdict(set), defaultdict(set)
     for r in rows:
-        schedules[(r["dataset"], r["arch"], r["method"], r["regime"])].add(r.get("epochs"))
-    return {id(r): r["regime"] + (f", {r.get('epochs')} ep" if len(schedules[(r["dataset"], r["arch"], r["method"],
-                                                                               r["regime"])]) > 1 else "")
-            for r in rows}
+        variants[(r["dataset"], r["arch"], r["method"])].add(r.get("variant") or "")
+        schedules[(r["dataset"], r["arch"], r["method"], r["regime"], r.get("variant") or "")].add(r.get("epochs"))
+    labels = {}
+    for r in rows:
+        v = r.get("variant") or ""
+        label = r["regime"] + (f", {v}" if v and len(variants[(r["dataset"], r["arch"], r["method"])]) > 1 else "")
+        if len(schedules[(r["dataset"], r["arch"], r["method"], r["regime"], v)]) > 1:
+            label += f", {r.get('epochs')} ep"
+        labels[id(r)] = label
+    return labels
 
 
 def aggregate(rows: list[dict]) -> dict[tuple, dict]:

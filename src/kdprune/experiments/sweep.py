@@ -37,11 +37,11 @@ from kdprune.experiments.store import add_rows, all_rows, readable, set_aside
 from kdprune.methods import get_method
 
 _NOT_HASHED = {"out", "resume", "progress", "device"}
-_DATA = ("dataset", "data_dir", "download", "batch_size", "optimizer", "momentum", "nesterov", "weight_decay",
+_DATA = ("dataset", "data_dir", "download", "image_size", "batch_size", "optimizer", "momentum", "nesterov", "weight_decay",
          "schedule", "grad_clip", "amp", "channels_last", "lr")
 _TEACHER = _DATA + ("seed", "teacher_arch", "teacher_checkpoint", "teacher_epochs")
 _STUDENT = _TEACHER + ("arch", "student_checkpoint", "student_epochs", "alpha", "temperature", "kd_loss", "kd_eps",
-                       "kd_t_squared", "kd_std")
+                       "kd_t_squared", "kd_std", "teacher_seed")
 _DENSE = _DATA + ("seed", "arch", "student_epochs", "rewind_epoch")
 
 
@@ -95,7 +95,10 @@ def _shared_stages(cfg: RunConfig) -> list[tuple[str, tuple]]:
 
 
 def _shared_dir(out: Path, cfg: RunConfig, stage: str, keys: tuple) -> Path:
-    return out / "shared" / f"{stage}-{_hash(identity(cfg, keys))}"
+    ident = identity(cfg, keys)
+    if stage == "teacher" and cfg.teacher_seed is not None:  # one teacher for every seed of the sweep
+        ident["seed"] = cfg.teacher_seed
+    return out / "shared" / f"{stage}-{_hash(ident)}"
 
 
 @contextmanager

@@ -18,6 +18,16 @@ At each requested sparsity the final sparse network is trained from the initiali
 (plain or KD, ``--student-epochs``). kdprune's choices where the description leaves details open:
 interleaved class groups, rewinding to initialisation, global magnitude ranks, ``--rate`` 20% per
 ticket per round (``--rounds`` is not used by COLT). ``dense_top1`` is the dense CE reference (not counted as cost).
+
+Heads (``--colt-heads``). ``own`` (the default, as the public COLT code, ismail31416/COLT, runs it): each
+ticket trains its own classifier over its C/P classes (labels remapped to 0..C/P-1), the classifier is not
+part of the mask intersection, and the final ticket gets the fresh, dense C-class head of the
+initialisation; the conv weights are pruned so that the sparsity over all prunable weights (head
+included) is still exactly the target. ``shared``: kdprune's earlier reading, one C-class head trained on
+C/P classes and pruned by intersection like the rest. Remaining differences from the reference, kept
+because they make the comparison fair on kdprune's data loop: the reference prunes convolutions only
+(kdprune also prunes the first conv and linear layers by default, ``--no-prune-first``/``--no-prune-last``
+to match) and removes 15% per round (kdprune's ``--rate``, 20% by default; pass ``--rate 0.15``).
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import torch
 from kdprune.data import TensorLoader
 from kdprune.distributed import barrier
 from kdprune.losses import CrossEntropy
+from kdprune.models import create_model
 from kdprune.methods.context import add_cost, cost_of, log, sparsity_dir
 from kdprune.pruning.masks import MaskSet
 from kdprune.pruning.prunable import prunable_parameters
@@ -53,18 +64,26 @@ def worst_ranks(tickets: list[dict[str, torch.Tensor]], names: list[str],
 
 def colt_masks(tickets: list[dict[str, torch.Tensor]], names: list[str], shapes: dict[str, torch.Size],
                masks: dict[str, torch.Tensor] | None, sparsity: float) -> dict[str, torch.Tensor]:
-    return _masks_from_worst(worst_ranks(tickets, names, masks), names, shapes, sparsity)
+    worst = worst_ranks(tickets, names, masks)
+    return _masks_from_worst(worst, names, shapes, int(round(sparsity * worst.numel())))
 
 
 def _masks_from_worst(worst: torch.Tensor, names: list[str], shapes: dict[str, torch.Size],
-                      sparsity: float) -> dict[str, torch.Tensor]:
-    keep = _keep_mask(-worst.double(), int(round(sparsity * worst.numel())))
+                      n_remove: int) -> dict[str, torch.Tensor]:
+    keep = _keep_mask(-worst.double(), n_remove)
     return split_flat(keep, {name: shapes[name] for name in names})
 
 
-def _subset(loader: TensorLoader, labels: torch.Tensor, classes: list[int], seed: int) -> TensorLoader:
-    idx = torch.isin(labels.cpu(), torch.tensor(classes)).nonzero().flatten()
-    return TensorLoader(loader.images.cpu()[idx], labels.cpu()[idx], loader.batch_size,
+def _subset(loader: TensorLoader, labels: torch.Tensor, classes: list[int], seed: int, remap: bool) -> TensorLoader:
+    """The images of ``classes``; with ``remap`` their labels become 0..len(classes)-1 (a ticket's own head)."""
+    labels = labels.cpu()
+    idx = torch.isin(labels, torch.tensor(classes)).nonzero().flatten()
+    sub = labels[idx]
+    if remap:
+        lut = torch.full((int(labels.max()) + 1,), -1, dtype=torch.long)
+        lut[torch.tensor(classes)] = torch.arange(len(classes))
+        sub = lut[sub]
+    return TensorLoader(loader.images.cpu()[idx], sub, loader.batch_size,
                         mean=(loader.mean.flatten() / loader.scale).tolist(),
                         std=(1.0 / (loader.inv_std.flatten() * loader.scale)).tolist(),
                         train=loader.train, pad=loader.pad, flip=loader.flip, seed=seed, device=loader.device,
@@ -73,36 +92,56 @@ def _subset(loader: TensorLoader, labels: torch.Tensor, classes: list[int], seed
 
 def run_colt(ctx) -> None:
     cfg, env, out = ctx.cfg, ctx.env, ctx.out
-    parts = cfg.colt_partitions
+    parts, own = cfg.colt_partitions, getattr(cfg, "colt_heads", "shared") == "own"
     _, dense = ctx.dense_ce()
     init = ctx.model()
     init_state = {k: v.detach().clone() for k, v in init.state_dict().items()}
     params = prunable_parameters(init, cfg.prune_first, cfg.prune_last)
-    names, shapes = list(params), {n: p.shape for n, p in params.items()}
+    all_names = list(params)
     n_total = sum(p.numel() for p in params.values())
+    # own heads: the classifier is each ticket's own (C/P classes), never in the intersection; the final
+    # ticket gets the fresh, dense C-class head of the initialisation
+    body = prunable_parameters(init, cfg.prune_first, prune_last=False)
+    head = [n for n in all_names if n not in body] if own else []
+    head_modules = tuple(n.rsplit(".", 1)[0] + "." for n in head)
+    names = [n for n in all_names if n not in head]
+    shapes = {n: params[n].shape for n in names}
+    n_head = sum(params[n].numel() for n in head)
     groups = [list(range(env.data.num_classes))[p::parts] for p in range(parts)]
-    envs = [replace(env, train=_subset(env.train, env.train.labels, g, cfg.seed + 17 * (p + 1)),
-                    test=_subset(env.test, env.test.labels, g, 0)) for p, g in enumerate(groups)]
-    log(env, f"COLT: {parts} class-partitioned tickets per round, each pruning {cfg.rate:.0%} of the remaining")
+    envs = [replace(env, train=_subset(env.train, env.train.labels, g, cfg.seed + 17 * (p + 1), own),
+                    test=_subset(env.test, env.test.labels, g, 0, own)) for p, g in enumerate(groups)]
+
+    def ticket(p: int) -> torch.nn.Module:
+        if not own:
+            model = ctx.model()
+            model.load_state_dict(init_state)
+            return model
+        torch.manual_seed(cfg.seed + 1 + 31 * (p + 1))  # the ticket's head: the same at every round (rewound)
+        model = create_model(cfg.arch, len(groups[p]), env.data.in_channels).to(env.device)
+        model.load_state_dict({k: v for k, v in init_state.items() if not k.startswith(head_modules)}, strict=False)
+        return model
+
+    log(env, f"COLT: {parts} class-partitioned tickets per round ({'own' if own else 'one shared'} heads), each "
+             f"pruning {cfg.rate:.0%} of the remaining")
     todo, masks, cost, k, current = sorted(cfg.sparsity), None, cost_of(None), 0, 0.0
     while todo:
         k += 1
         rdir = out / "colt" / f"round-{k:02d}"
         tickets = []
         for p in range(parts):
-            model = ctx.model()
-            model.load_state_dict(init_state)
+            model = ticket(p)
             m = run_training_stage(rdir / f"ticket-{p}", model, CrossEntropy(), optim_spec(cfg), cfg.student_epochs,
                                    envs[p], cfg, desc=f"colt {k} ticket {p}", masks=masks,
                                    callbacks=ctx.callbacks, extra={"classes": groups[p]})
             cost = add_cost(cost, cost_of(m))
             tickets.append(model.state_dict())
-        remaining = round((1.0 - current) * n_total)
+        remaining = round((1.0 - current) * n_total) - n_head  # kept weights the tickets may still prune
         worst = worst_ranks(tickets, names, masks.masks if masks else None)
-        natural = 1.0 - int((worst < round((1.0 - cfg.rate) * remaining)).sum()) / n_total
+        natural = 1.0 - (int((worst < round((1.0 - cfg.rate) * remaining)).sum()) + n_head) / n_total
         is_target = natural >= todo[0] - 1e-9
         s = todo.pop(0) if is_target else natural
-        masks = MaskSet(_masks_from_worst(worst, names, shapes, s))  # the ranks sorted once per round
+        # the ranks sorted once per round; the global sparsity (head included) is exact
+        masks = MaskSet(_masks_from_worst(worst, names, shapes, int(round(s * n_total))))
         current = s
         if env.is_main:
             masks.save(rdir / "masks.safetensors")
@@ -111,12 +150,14 @@ def run_colt(ctx) -> None:
         if not is_target:
             continue
         sdir = sparsity_dir(out, s)
+        final = MaskSet({**masks.masks, **{h: torch.ones_like(params[h], dtype=torch.bool) for h in head}})
         probe = ctx.model()
         probe.load_state_dict(init_state)
-        pruned = ctx.pruned_top1(sdir, probe, masks, names)
+        pruned = ctx.pruned_top1(sdir, probe, final, all_names)
         for regime in ctx.regimes:
-            m, _ = ctx.retrain(sdir / regime, s, regime, init_state, masks, cfg.student_epochs, cfg.lr,
+            m, _ = ctx.retrain(sdir / regime, s, regime, init_state, final, cfg.student_epochs, cfg.lr,
                                f"colt final {s:g} {regime}")
             tm = ctx.teacher_metrics(regime)
             total = add_cost(add_cost(cost, cost_of(m)), cost_of(tm))
-            ctx.record(s, regime, m, pruned, dense["top1"], tm["top1"] if tm else None, total, 0, sdir / regime)
+            ctx.record(s, regime, m, pruned, dense["top1"], tm["top1"] if tm else None, total, 0, sdir / regime,
+                       "own heads" if own else "shared head")

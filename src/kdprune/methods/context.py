@@ -24,8 +24,9 @@ from kdprune.models import create_model
 from kdprune.models.weights import load_weights
 from kdprune.pruning.masks import MaskSet, sparsity_report
 from kdprune.pruning.prunable import unwrap
-from kdprune.pruning.threshold import global_masks, layerwise_masks
+from kdprune.pruning.threshold import prune_masks
 from kdprune.train import Callback, evaluate
+from kdprune.train.engine import OptimSpec
 from kdprune.train.stage import Env, is_finished, optim_spec, run_training_stage
 
 
@@ -60,8 +61,36 @@ def log(env: Env, msg: str) -> None:
 
 
 def threshold_masks(cfg, scores, sparsity: float) -> MaskSet:
-    fn = global_masks if cfg.scope == "global" else layerwise_masks
-    return MaskSet(fn(scores, sparsity))
+    """Step 4 with the run's options: ``--scope`` (and the collapse guards ``--layer-floor``, ``--score-norm``)."""
+    return MaskSet(prune_masks(scores, sparsity, cfg.scope, layer_floor=getattr(cfg, "layer_floor", 0.0),
+                               score_norm=getattr(cfg, "score_norm", "none")))
+
+
+def retrain_spec(cfg) -> OptimSpec:
+    """The optimiser of post-training retraining, by ``--retrain-schedule``: ``finetune`` (``--retrain-lr``
+    decayed by ``--schedule`` over the retraining), ``restart`` (the training schedule from peak ``--lr``,
+    compressed into the retraining; Le & Hua 2021) or ``lr-rewind`` (the rates of the last
+    ``--retrain-epochs`` of the ``--student-epochs`` training schedule; Renda et al. 2020)."""
+    kind = getattr(cfg, "retrain_schedule", "finetune")
+    if kind == "finetune":
+        return optim_spec(cfg, cfg.retrain_lr)
+    spec = optim_spec(cfg, cfg.lr)
+    if kind == "lr-rewind" and cfg.student_epochs > 0:
+        spec.start_fraction = max(0.0, 1.0 - cfg.retrain_epochs / cfg.student_epochs)
+    return spec
+
+
+def variant(cfg) -> str:
+    """What a post-training row did beyond the paper's one-shot step: its retraining schedule and the
+    collapse guards, e.g. ``"restart, progressive R=20"`` (empty for the other recipes)."""
+    parts = [getattr(cfg, "retrain_schedule", "finetune")]
+    if getattr(cfg, "score_rounds", 1) > 1:
+        parts.append(f"progressive R={cfg.score_rounds}")
+    if getattr(cfg, "layer_floor", 0.0) > 0:
+        parts.append(f"floor {cfg.layer_floor:g}")
+    if getattr(cfg, "score_norm", "none") != "none":
+        parts.append(f"{cfg.score_norm}-norm")
+    return ", ".join(parts)
 
 
 def sparsity_dir(out: Path, s: float) -> Path:
@@ -116,13 +145,15 @@ class RunContext:
         """The teacher (loaded or trained once) and its metrics."""
         if self._teacher is None:
             cfg, env = self.cfg, self.env
-            teacher = build_model(cfg.teacher_arch, env, cfg.seed)
+            seed = cfg.seed if getattr(cfg, "teacher_seed", None) is None else cfg.teacher_seed
+            teacher = build_model(cfg.teacher_arch, env, seed)
             if cfg.teacher_checkpoint:
                 load_weights(teacher, cfg.teacher_checkpoint, cfg.teacher_arch, self.nc)
                 m = {"top1": evaluate(teacher, env.test, cfg.amp)["top1"], **cost_of(None)}
             else:
                 m = run_training_stage(self.out / "teacher", teacher, CrossEntropy(), optim_spec(cfg),
-                                       cfg.teacher_epochs, env, cfg, desc=f"teacher {cfg.teacher_arch}",
+                                       cfg.teacher_epochs, env.with_train_seed(seed) if seed != cfg.seed else env,
+                                       cfg, desc=f"teacher {cfg.teacher_arch}",
                                        callbacks=self.callbacks, extra={"arch": cfg.teacher_arch})
             teacher.eval().requires_grad_(False)
             log(env, f"teacher {cfg.teacher_arch}: top-1 {m['top1']:.2f}%")
@@ -201,9 +232,9 @@ class RunContext:
         return r
 
     def record(self, s: float, regime: str, m: dict, pruned: dict, dense_top1: float, teacher_top1, cost: dict,
-               scoring_batches: int, rdir: Path) -> None:
+               scoring_batches: int, rdir: Path, variant: str = "") -> None:
         cfg = self.cfg
-        row = {
+        row = {"variant": variant,
             "method": cfg.method, "dataset": cfg.dataset, "arch": cfg.arch, "teacher_arch": cfg.teacher_arch,
             "target_sparsity": s, "achieved_sparsity": m["sparsity"]["sparsity"], "regime": regime,
             "top1": m["top1"], "pruned_top1": pruned["top1"], "dense_top1": dense_top1,
@@ -220,14 +251,16 @@ class RunContext:
             self.done.add(result_key(row))
         log(self.env, f"sparsity {s:g} {regime}: top-1 {m['top1']:.2f}% (dense {dense_top1:.2f}%)")
 
-    def retrain(self, rdir: Path, s: float, regime: str, state: dict, masks: MaskSet, epochs: int, lr: float,
+    def retrain(self, rdir: Path, s: float, regime: str, state: dict, masks: MaskSet, epochs: int, lr: float | OptimSpec,
                 desc: str) -> tuple[dict, torch.nn.Module]:
-        """Train a copy of ``state`` under ``masks`` in ``rdir``; returns (metrics, trained model)."""
+        """Train a copy of ``state`` under ``masks`` in ``rdir`` at peak ``lr`` (or with the optimiser ``lr``
+        describes); returns (metrics, trained model)."""
         model = self.model(seed_offset=2)
         model.load_state_dict(state)
         if self.env.is_main and not is_finished(rdir):
             write_yaml(rdir / "config.yaml", {**config_dict(self.cfg), "target_sparsity": s, "regime": regime})
-        m = run_training_stage(rdir, model, self.objective(regime), optim_spec(self.cfg, lr), epochs, self.env,
+        spec = lr if isinstance(lr, OptimSpec) else optim_spec(self.cfg, lr)
+        m = run_training_stage(rdir, model, self.objective(regime), spec, epochs, self.env,
                                self.cfg, desc=desc, masks=masks, teacher=self.teacher_for(regime),
                                callbacks=self.callbacks, extra={"target_sparsity": s, "regime": regime})
         return m, model

@@ -11,6 +11,11 @@ The recipe, step by step, as :func:`run` does it:
    (``L_total``), pruned weights held at exactly zero                                ``ctx.retrain()``
 
 ``magnitude`` and ``random`` are this recipe with another criterion in step 3 (``kdprune methods``).
+
+Beside the paper's exact method, as options that each show as their own rows (``variant``):
+``--retrain-schedule`` (finetune | lr-rewind | restart) with ``--retrain-epochs`` as the budget, and the
+layer-collapse guards ``--score-rounds R`` (progressive scoring, :mod:`kdprune.pruning.progressive`),
+``--layer-floor`` and ``--score-norm`` (:mod:`kdprune.pruning.threshold`).
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from kdprune.methods.context import (
     cost_of,
     criterion_kwargs,
     log,
+    retrain_spec,
     sparsity_dir,
     threshold_masks,
+    variant,
 )
 from kdprune.methods.registry import get_method
 from kdprune.pruning.criteria import Criterion, get_criterion
@@ -46,9 +53,12 @@ def run(ctx: RunContext) -> None:
     shared = add_cost(add_cost(cost_of(t_metrics), cost_of(s_metrics)), {"wall_seconds": score_info["seconds"]})
     for s in cfg.sparsity:
         sdir = sparsity_dir(ctx.out, s)
+        extra_scoring = {"seconds": 0.0, "batches": 0}
         if scores is None:  # an iterative criterion (SynFlow) builds its own masks
             batches = iter(env.score_loader(cfg.seed)) if criterion.needs_data else None
             masks = MaskSet(criterion.masks_for(student, params, batches, s, cfg.scope, **kwargs))
+        elif cfg.score_rounds > 1:  # an option: progressive re-scoring (round 1 is the scores above)
+            masks, extra_scoring = progressive(ctx, criterion, student, dense_state, params, kwargs, scores, s)
         else:
             masks = threshold_masks(cfg, scores, s)                                  # step 4
         student.load_state_dict(dense_state)
@@ -56,10 +66,11 @@ def run(ctx: RunContext) -> None:
         log(env, f"sparsity {s:g}: one-shot pruned top-1 {pruned['top1']:.2f}% (before retraining)")
         for regime in ctx.regimes:                                                  # step 5
             rdir = sdir / regime
-            m, _ = ctx.retrain(rdir, s, regime, dense_state, masks, cfg.retrain_epochs, cfg.retrain_lr,
+            m, _ = ctx.retrain(rdir, s, regime, dense_state, masks, cfg.retrain_epochs, retrain_spec(cfg),
                                f"retrain {s:g} {regime}")
-            ctx.record(s, regime, m, pruned, s_metrics["top1"], t_metrics["top1"], add_cost(shared, cost_of(m)),
-                       score_info["batches"], rdir)
+            cost = add_cost(add_cost(shared, cost_of(m)), {"wall_seconds": extra_scoring["seconds"]})
+            ctx.record(s, regime, m, pruned, s_metrics["top1"], t_metrics["top1"], cost,
+                       score_info["batches"] + extra_scoring["batches"], rdir, variant(cfg))
 
 
 def score_student(ctx: RunContext, criterion: Criterion, student, params: dict, kwargs: dict):
@@ -81,3 +92,37 @@ def score_student(ctx: RunContext, criterion: Criterion, student, params: dict, 
         write_json(out / "scores.json", info)
     barrier()
     return scores, info
+
+
+def progressive(ctx: RunContext, criterion: Criterion, student, dense_state: dict, params: dict, kwargs: dict,
+                first_scores: dict, sparsity: float) -> tuple[MaskSet, dict]:
+    """``--score-rounds R``: the mask at ``sparsity`` reached in R score->mask steps, each re-scoring the
+    masked student (no training); kept in ``sparsity-S/masks-progressive.safetensors``. Returns the masks
+    and the scoring cost beyond the first round's (which ``score_student`` already paid)."""
+    from kdprune.pruning.progressive import progressive_masks
+
+    cfg, env = ctx.cfg, ctx.env
+    sdir = sparsity_dir(ctx.out, sparsity)
+    mask_file, info_file = sdir / "masks-progressive.safetensors", sdir / "scoring-progressive.json"
+    if synced(info_file.is_file):
+        return MaskSet.load(mask_file), read_json(info_file)
+    t0 = time.perf_counter()
+
+    def score_masked(masks):
+        if masks is None:
+            return first_scores
+        student.load_state_dict(dense_state)
+        MaskSet(masks).bind(student).apply_()
+        return criterion.score(student, params, iter(env.score_loader(cfg.seed)) if criterion.needs_data else None,
+                               **kwargs)
+
+    masks = MaskSet(progressive_masks(score_masked, sparsity, cfg.score_rounds, cfg.scope, layer_floor=cfg.layer_floor,
+                                      score_norm=cfg.score_norm))
+    student.load_state_dict(dense_state)
+    info = {"seconds": time.perf_counter() - t0,
+            "batches": (cfg.score_rounds - 1) * (kwargs.get("num_batches", 0) if criterion.needs_data else 0)}
+    if env.is_main:
+        masks.save(mask_file)
+        write_json(info_file, info)
+    barrier()
+    return masks, info

@@ -32,7 +32,7 @@ import torch.nn as nn
 from kdprune.distributed import average_
 from kdprune.errors import UserError
 from kdprune.losses import Objective
-from kdprune.train.engine import model_device, to_device
+from kdprune.data.batches import model_device, to_device
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ order, then row-major within a layer) are removed first, so the result is determ
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from kdprune.errors import UserError
@@ -38,13 +40,65 @@ def _keep_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
     return keep
 
 
-def global_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
-    """One threshold over all layers: exactly ``round(sparsity * total)`` weights removed."""
+def global_masks(scores: dict[str, torch.Tensor], sparsity: float, layer_floor: float = 0.0) -> dict[str, torch.Tensor]:
+    """One threshold over all layers: exactly ``round(sparsity * total)`` weights removed.
+
+    ``layer_floor`` > 0 (a collapse guard, not the paper's): every layer keeps at least
+    ``ceil(layer_floor * n_layer)`` weights, its highest-scored ones; the global threshold then removes
+    the same exact count among the others.
+    """
     check_sparsity(sparsity)
     names = list(scores)
-    flat = torch.cat([scores[n].detach().float().flatten() for n in names])
-    keep = _keep_mask(flat, int(round(sparsity * flat.numel())))
+    flats = [scores[n].detach().float().flatten() for n in names]
+    k = int(round(sparsity * sum(f.numel() for f in flats)))
+    if layer_floor > 0:
+        flats = [_floored(f, layer_floor) for f in flats]
+        guarded = sum(int(torch.isposinf(f).sum()) for f in flats)
+        if k > sum(f.numel() for f in flats) - guarded:
+            raise UserError(f"layer_floor {layer_floor} keeps {guarded:,} weights, more than sparsity {sparsity} "
+                            f"leaves; lower one of them")
+    keep = _keep_mask(torch.cat(flats), k)
     return split_flat(keep, {n: scores[n].shape for n in names})
+
+
+def _floored(flat: torch.Tensor, floor: float) -> torch.Tensor:
+    """``flat`` with its ``ceil(floor * n)`` highest entries (ties by index) raised to +inf."""
+    n_keep = min(flat.numel(), math.ceil(floor * flat.numel() - 1e-9))
+    out = flat.clone()
+    out[torch.sort(flat, descending=True, stable=True).indices[:n_keep]] = math.inf
+    return out
+
+
+SCORE_NORMS = ("none", "l2", "mean")
+
+
+def normalize_scores(scores: dict[str, torch.Tensor], how: str = "none") -> dict[str, torch.Tensor]:
+    """Per-layer score normalisation before one global threshold (a collapse guard, not the paper's):
+    ``l2`` divides each layer's scores by their L2 norm (Molchanov et al., ICLR 2017), ``mean`` by their
+    mean, so that no layer's scale alone decides how much of it survives."""
+    if how not in SCORE_NORMS:
+        raise UserError(f"score_norm: expected one of {', '.join(SCORE_NORMS)}, got {how!r}")
+    if how == "none":
+        return scores
+    out = {}
+    for n, v in scores.items():
+        v = v.float()
+        scale = v.norm() if how == "l2" else v.mean()
+        out[n] = v / scale if float(scale) > 0 else v
+    return out
+
+
+def prune_masks(scores: dict[str, torch.Tensor], sparsity: float, scope: str = "global", *,
+                layer_floor: float = 0.0, score_norm: str = "none") -> dict[str, torch.Tensor]:
+    """Step 4 with its options: scores -> keep-masks removing exactly ``round(sparsity * N)`` weights."""
+    scores = normalize_scores(scores, score_norm)
+    if scope == "global":
+        return global_masks(scores, sparsity, layer_floor)
+    if scope == "layerwise":
+        if layer_floor > 1.0 - sparsity + 1e-12:
+            raise UserError(f"layer_floor {layer_floor} is above the density {1 - sparsity:g} every layer keeps")
+        return layerwise_masks(scores, sparsity)
+    raise UserError(f"scope: expected global or layerwise, got {scope!r}")
 
 
 def split_flat(flat: torch.Tensor, shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from kdprune.data.batches import check_batches, data_device, to_device
 from kdprune.errors import UserError
 from kdprune.io import write_text
 from kdprune.losses import Objective
@@ -46,6 +47,9 @@ class OptimSpec:
     gamma: float = 0.1
     warmup_epochs: int = 0
     grad_clip: float | None = None
+    # Where the schedule starts, as a fraction of its course: 0 = from the peak (training, restarting);
+    # 1 - R/E = learning-rate rewinding, the last R of E training epochs' rates (Renda et al. 2020).
+    start_fraction: float = 0.0
 
 
 def make_optimizer(params, spec: OptimSpec) -> torch.optim.Optimizer:
@@ -67,10 +71,15 @@ def make_scheduler(opt: torch.optim.Optimizer, spec: OptimSpec, steps_per_epoch:
     def factor(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
+        start = spec.start_fraction
         if spec.schedule == "cosine":
             t = (step - warm) / max(1, total - warm)
+            t = start + (1.0 - start) * t if start else t
             return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
         if spec.schedule == "multistep":
+            if start:
+                frac = start + (1.0 - start) * step / total
+                return spec.gamma ** sum(frac >= m - 1e-12 for m in spec.milestones)
             return spec.gamma ** sum(step >= m for m in marks)
         return 1.0
 
@@ -83,36 +92,6 @@ def _autocast(device: torch.device, amp: bool):
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     return torch.autocast("cuda", dtype=dtype), scaler
-
-
-def model_device(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def data_device(batches, model: nn.Module) -> torch.device:
-    """Where batches are computed: the loader's device (kdprune's TensorLoader), else the model's."""
-    dev = getattr(batches, "device", None)
-    return torch.device(dev) if dev is not None else model_device(model)
-
-
-def to_device(batch, device: torch.device):
-    """``(x, y, ...)`` moved to ``device`` (a no-op for tensors already there, e.g. a TensorLoader's)."""
-    try:
-        return tuple(t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in batch)
-    except TypeError:
-        raise UserError(f"expected batches of (inputs, labels) tensors, got {type(batch).__name__}") from None
-
-
-def check_batches(batches, what: str = "data") -> None:
-    """Batches must be re-iterable with a length (a list, a DataLoader, a TensorLoader); not a generator."""
-    if iter(batches) is batches:
-        raise UserError(f"{what} is a one-shot iterator; pass something that can be iterated every epoch "
-                        "(a list of (x, y) batches, a DataLoader or a kdprune TensorLoader)")
-    try:
-        len(batches)
-    except TypeError:
-        raise UserError(f"{what} has no len(); pass a list of (x, y) batches, a DataLoader or a TensorLoader") from None
 
 
 @torch.no_grad()

@@ -53,6 +53,15 @@ class Env:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def with_train_seed(self, seed: int) -> "Env":
+        """This environment with the training order and augmentation drawn from ``seed``."""
+        import copy
+        from dataclasses import replace
+
+        train = copy.copy(self.train)
+        train.seed = seed
+        return replace(self, train=train)
+
     def score_loader(self, seed: int) -> TensorLoader:
         """Shuffled, augmented training batches from a stream of their own (not the training order)."""
         mean, std = self.data.channel_stats()
@@ -75,6 +84,8 @@ def make_env(cfg) -> Env:
         raise UserError(f"--batch-size {cfg.batch_size} (the global batch) must divide by the {world} processes")
     batch = cfg.batch_size // world
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
+    if getattr(cfg, "image_size", None):
+        data = data.resized(cfg.image_size)
     mean, std = data.channel_stats()
     common = dict(mean=mean, std=std, device=device, rank=rank, world_size=world, channels_last=cfg.channels_last)
     train = TensorLoader(data.train_x, data.train_y, batch, train=True, pad=data.pad, flip=data.flip,

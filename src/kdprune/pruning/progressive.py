@@ -1,0 +1,35 @@
+"""Progressive scoring (an option beside the paper's one-shot step, not part of it).
+
+Reach the target sparsity ``s`` in ``R`` score -> mask steps on an exponential schedule, density after
+step ``k`` = ``(1 - s) ** (k / R)``: each step scores the student with the current mask applied (pruned
+weights zero), pruned weights score below every kept one so the masks are nested, and no training
+happens in between. It costs ``R`` times the scoring of one-shot pruning; with ``R = 1`` it is exactly
+the one-shot mask. (The same schedule as iterative SynFlow, applied to any scores.)
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from kdprune.pruning.threshold import normalize_scores, prune_masks
+
+
+def schedule(sparsity: float, rounds: int) -> list[float]:
+    return [1.0 - (1.0 - sparsity) ** (k / rounds) for k in range(1, rounds + 1)]
+
+
+def progressive_masks(score_masked: Callable[[dict[str, torch.Tensor] | None], dict[str, torch.Tensor]],
+                      sparsity: float, rounds: int, scope: str = "global", *, layer_floor: float = 0.0,
+                      score_norm: str = "none") -> dict[str, torch.Tensor]:
+    """``score_masked(masks)`` returns the scores of the model with ``masks`` applied (``None``: dense).
+    Scores are normalised (``score_norm``) before already-pruned weights are set below every kept one."""
+    masks = None
+    for s_k in schedule(sparsity, rounds):
+        scores = normalize_scores(score_masked(masks), score_norm)
+        if masks is not None:
+            scores = {n: torch.where(masks[n].to(v.device), v.float().clamp_min(0), torch.full_like(v.float(), -1.0))
+                      for n, v in scores.items()}
+        masks = prune_masks(scores, s_k, scope, layer_floor=layer_floor)
+    return masks
