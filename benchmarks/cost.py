@@ -26,7 +26,8 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/kdprune-cost")
     args = ap.parse_args()
     e = lambda n: max(1, round(n * args.scale))  # noqa: E731
-    common = {"sparsity": "0.9", "retrain": "plain", "teacher_epochs": e(60), "student_epochs": e(60),
+    common = {"sparsity": "0.9", "retrain": "plain", "teacher_arch": "resnet56", "retrain_schedule": "finetune",
+              "colt_heads": "shared", "teacher_epochs": e(60), "student_epochs": e(60),
               "retrain_epochs": e(30), "progress": False}
     root = Path(args.out)
     shutil.rmtree(root, ignore_errors=True)

@@ -158,3 +158,26 @@ def test_workers_get_one_gpu_each():
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = before
+
+
+def test_cifar10_cpu_benchmark_configs_are_valid_and_share_their_stages():
+    """The three tiers load, share one sweep folder, one teacher for every seed, and cover the issue's methods."""
+    from pathlib import Path
+
+    from kdprune.experiments.sweep import _shared_dir, _TEACHER, load_sweep
+
+    cfgs = []
+    for tier in ("1-oneshot", "2-baselines", "3-options"):
+        out, c = load_sweep(Path(__file__).parent.parent / "configs" / "cpu" / f"cifar10-{tier}.yaml")
+        assert out == Path("runs/cifar10-cpu")
+        cfgs += c
+    assert {c.method for c in cfgs} == {"teacher-guided", "magnitude", "imp", "colt", "snip", "synflow",
+                                        "epsd-cskd", "simple-cskd"}
+    assert all(c.dataset == "cifar10" and c.image_size == 16 and c.sparsity == [0.9, 0.95, 0.98] for c in cfgs)
+    assert len({_shared_dir(out, c, "teacher", _TEACHER) for c in cfgs}) == 1  # teacher_seed: one teacher
+    assert {c.seed for c in cfgs if c.method in ("imp", "colt")} == {0, 1}
+    assert {c.seed for c in cfgs if c.method not in ("imp", "colt")} == {0, 1, 2}
+    tg = {(c.retrain_schedule, c.score_rounds, c.layer_floor, c.score_norm, c.retrain_epochs) for c in cfgs
+          if c.method == "teacher-guided"}
+    assert {("finetune", 1, 0.0, "none", 3), ("lr-rewind", 1, 0.0, "none", 3), ("restart", 10, 0.0, "none", 3),
+            ("restart", 1, 0.01, "none", 3), ("restart", 1, 0.0, "l2", 3), ("restart", 1, 0.0, "none", 1)} <= tg
