@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -232,3 +233,37 @@ def test_fp16_sparse_export_keeps_the_fp32_file(tmp_path, run_cli):
     assert run_cli("export", tmp_path, "--format", "sparse", "--fp16")[0] == 0
     assert (tmp_path / "model.sparse.safetensors").is_file() and (tmp_path / "model.sparse-fp16.safetensors").is_file()
     assert (tmp_path / "model.sparse-fp16.safetensors").stat().st_size < (tmp_path / "model.sparse.safetensors").stat().st_size
+
+
+def test_api_mask_options_and_progressive(data):
+    train, _ = data
+    student, teacher = _cnn(seed=11), _cnn(width=24, seed=12)
+    scores = kdprune.score(student, train, teacher=teacher)
+    one = kdprune.progressive_mask(student, train, 0.8, rounds=1, teacher=teacher)
+    assert one.digest() == kdprune.mask(scores, 0.8).digest()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    prog = kdprune.progressive_mask(student, train, 0.8, rounds=3, teacher=teacher, layer_floor=0.05)
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())  # the model is left as it was
+    assert all(int(m.sum()) >= math.ceil(0.05 * m.numel()) for m in prog.masks.values())
+    n = sum(m.numel() for m in prog.masks.values())
+    assert sum(int((~m).sum()) for m in prog.masks.values()) == round(0.8 * n)
+    normed = kdprune.mask(scores, 0.8, score_norm="l2")
+    assert normed.density() == pytest.approx(0.2, abs=1e-3)
+    with pytest.raises(UserError, match="score_norm"):
+        kdprune.mask(scores, 0.8, score_norm="max")
+
+
+def test_tensor_loader_takes_float_images_and_defaults_its_statistics():
+    from kdprune.data import TensorLoader
+
+    g = torch.Generator().manual_seed(0)
+    u8 = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (64,), generator=g)
+    a = TensorLoader(u8, y, 16)  # mean/std of the images themselves
+    b = TensorLoader(u8.float() / 255.0, y, 16, mean=a.mean.flatten().div(255).tolist(),
+                     std=(1 / (a.inv_std.flatten() * 255)).tolist())
+    xa, xb = next(iter(a))[0], next(iter(b))[0]
+    assert torch.allclose(xa, xb, atol=1e-5)
+    assert abs(float(xa.mean())) < 0.2 and abs(float(torch.cat([x for x, _ in a]).std()) - 1) < 0.05
+    with pytest.raises(UserError, match="N, C, H, W"):
+        TensorLoader(torch.zeros(4, 8, 8), y[:4], 2)

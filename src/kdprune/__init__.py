@@ -7,7 +7,7 @@ the command line start without importing torch first.
 
 __version__ = "0.1.0"
 
-_API = ("PruneResult", "distill", "evaluate", "export", "mask", "prune", "retrain", "score")
+_API = ("PruneResult", "distill", "evaluate", "export", "mask", "progressive_mask", "prune", "retrain", "score")
 __all__ = ["__version__", *_API]
 
 

@@ -37,12 +37,12 @@ from kdprune.losses import CrossEntropy, Distillation
 from kdprune.pruning.criteria import get_criterion
 from kdprune.pruning.masks import MaskSet, sparsity_report
 from kdprune.pruning.prunable import prunable_parameters
-from kdprune.pruning.threshold import check_sparsity, global_masks, layerwise_masks
+from kdprune.pruning.threshold import check_sparsity, prune_masks
 from kdprune.data.batches import check_batches
 from kdprune.train.engine import OptimSpec, Trainer
 from kdprune.train.engine import evaluate as _evaluate
 
-__all__ = ["PruneResult", "distill", "evaluate", "export", "mask", "prune", "retrain", "score"]
+__all__ = ["PruneResult", "distill", "evaluate", "export", "mask", "progressive_mask", "prune", "retrain", "score"]
 
 
 def _freeze(teacher: nn.Module | None) -> nn.Module | None:
@@ -91,13 +91,41 @@ def score(model: nn.Module, data=None, *, criterion: str = "teacher-guided", tea
     return crit.score(model, params, iter(data) if crit.needs_data else None, **kw)
 
 
-def mask(scores: dict[str, torch.Tensor], sparsity: float, *, scope: str = "global") -> MaskSet:
+def mask(scores: dict[str, torch.Tensor], sparsity: float, *, scope: str = "global", layer_floor: float = 0.0,
+         score_norm: str = "none") -> MaskSet:
     """Keep-masks removing exactly ``round(sparsity * N)`` of the ``N`` scored weights: one threshold over
-    all layers (``scope="global"``, the paper's) or the same fraction per layer (``"layerwise"``)."""
+    all layers (``scope="global"``, the paper's) or the same fraction per layer (``"layerwise"``). The
+    collapse guards (options, not the paper's): every layer keeps at least ``layer_floor`` of its weights;
+    ``score_norm="l2"|"mean"`` puts each layer's scores on one scale first."""
     check_sparsity(sparsity)
-    if scope not in ("global", "layerwise"):
-        raise UserError(f"scope: expected global or layerwise, got {scope!r}")
-    return MaskSet((global_masks if scope == "global" else layerwise_masks)(scores, sparsity))
+    if not 0.0 <= layer_floor < 1.0:
+        raise UserError(f"layer_floor: must lie in [0, 1), got {layer_floor}")
+    return MaskSet(prune_masks(scores, sparsity, scope, layer_floor=layer_floor, score_norm=score_norm))
+
+
+def progressive_mask(model: nn.Module, data, sparsity: float, *, rounds: int, scope: str = "global",
+                     layer_floor: float = 0.0, score_norm: str = "none", **score_options) -> MaskSet:
+    """Progressive scoring (an option, not the paper's): reach ``sparsity`` in ``rounds`` score -> mask
+    steps on an exponential schedule, re-scoring ``model`` with the current mask applied, no training in
+    between. ``rounds=1`` is ``mask(score(model, data, ...), sparsity)``. ``model`` is left unchanged."""
+    from kdprune.pruning.progressive import progressive_masks
+
+    if rounds < 1:
+        raise UserError(f"rounds: must be at least 1, got {rounds}")
+    check_sparsity(sparsity)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def score_masked(masks):
+        model.load_state_dict(state)
+        if masks is not None:
+            MaskSet(masks).bind(model).apply_()
+        return score(model, data, **score_options)
+
+    try:
+        return MaskSet(progressive_masks(score_masked, sparsity, rounds, scope, layer_floor=layer_floor,
+                                         score_norm=score_norm))
+    finally:
+        model.load_state_dict(state)
 
 
 def _train(model, objective, train_data, epochs, test_data, teacher, masks, lr, optimizer, momentum, nesterov,
@@ -174,6 +202,7 @@ def prune(student: nn.Module, teacher: nn.Module | None, train_data, sparsity: f
           lr: float = 0.01, distill_epochs: int = 0, distill_lr: float = 0.1, alpha: float = 0.9,
           temperature: float = 4.0, kd_loss: str = "ca-kld", kd_std: str = "population", num_batches: int | None = None,
           prune_first: bool = True, prune_last: bool = True, progress: bool | None = None,
+          score_rounds: int = 1, layer_floor: float = 0.0, score_norm: str = "none",
           **criterion_options) -> PruneResult:
     """The paper's recipe on your models, in place on ``student``: optionally ``distill_epochs`` of KD
     training (step 2; skip it when the student is already trained), teacher-guided scores (step 3), one
@@ -192,10 +221,16 @@ def prune(student: nn.Module, teacher: nn.Module | None, train_data, sparsity: f
                                      lr=distill_lr, progress=progress)
         metrics["dense_top1"] = metrics["distill"]["top1"]
     crit_teacher = teacher if get_criterion(criterion).needs_teacher else None
-    scores = score(student, train_data, criterion=criterion, teacher=crit_teacher, alpha=alpha,
-                   temperature=temperature, kd_loss=kd_loss, kd_std=kd_std, num_batches=num_batches,
-                   prune_first=prune_first, prune_last=prune_last, **criterion_options)
-    masks = mask(scores, sparsity, scope=scope).bind(student)
+    options = dict(criterion=criterion, teacher=crit_teacher, alpha=alpha, temperature=temperature, kd_loss=kd_loss,
+                   kd_std=kd_std, num_batches=num_batches, prune_first=prune_first, prune_last=prune_last,
+                   **criterion_options)
+    scores = score(student, train_data, **options)
+    if score_rounds > 1:
+        masks = progressive_mask(student, train_data, sparsity, rounds=score_rounds, scope=scope,
+                                 layer_floor=layer_floor, score_norm=score_norm, **options)
+    else:
+        masks = mask(scores, sparsity, scope=scope, layer_floor=layer_floor, score_norm=score_norm)
+    masks.bind(student)
     masks.apply_()
     if test_data is not None:
         metrics["pruned_top1"] = evaluate(student, test_data)["top1"]
