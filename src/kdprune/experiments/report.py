@@ -22,7 +22,7 @@ from kdprune.io import atomic_path, read_jsonl, write_text
 CSV_COLUMNS = ["dataset", "arch", "teacher_arch", "method", "regime", "variant", "seed", "target_sparsity",
                "achieved_sparsity", "top1", "pruned_top1", "dense_top1", "teacher_top1", "epochs", "total_epochs",
                "images_fwd_bwd", "teacher_forwards", "scoring_batches", "wall_seconds", "total_wall_seconds",
-               "nonzero_params", "total_params", "out"]
+               "nonzero_params", "total_params", "teacher_images_fwd_bwd", "out"]
 RADAR_LEVELS = (0.5, 0.75, 0.9, 0.94, 0.98)
 
 
@@ -45,6 +45,25 @@ def collect(paths: list[str | Path]) -> list[dict]:
     if not rows:
         raise UserError(f"no results found under {', '.join(map(str, paths))}")
     return rows
+
+
+POST_TRAINING = ("teacher-guided", "magnitude", "random")
+
+
+def teacher_images(row: dict) -> int:
+    """Images of the teacher's training counted in ``row``'s ``images_fwd_bwd`` (rows written before the
+    field existed: read from the run's ``teacher/metrics.json``)."""
+    if row.get("teacher_images_fwd_bwd") is not None:
+        return int(row["teacher_images_fwd_bwd"])
+    if row["method"] not in POST_TRAINING and row["regime"] != "kd":
+        return 0
+    f = Path(row.get("out") or ".").parents[1] / "teacher" / "metrics.json"
+    try:
+        import json
+
+        return int(json.loads(f.read_text()).get("images_fwd_bwd", 0))
+    except (OSError, ValueError):
+        return 0
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -81,6 +100,7 @@ def aggregate(rows: list[dict]) -> dict[tuple, dict]:
         m, s = mean_std([r["top1"] for r in rs])
         out[key] = {"n": len(rs), "mean": m, "std": s, "seeds": sorted(r["seed"] for r in rs),
                     "dense": statistics.fmean(r["dense_top1"] for r in rs),
+                    "teacher_images": statistics.fmean(teacher_images(r) for r in rs),
                     **{k: statistics.fmean(r.get(k) or 0 for r in rs)
                        for k in ("total_epochs", "images_fwd_bwd", "teacher_forwards", "total_wall_seconds")}}
     return out
@@ -163,6 +183,101 @@ def _markdown(agg: dict, published: dict | None = None) -> str:
                          f"{top['teacher_forwards']:,.0f} | {top['total_wall_seconds']:.1f} | {ratios} |")
         lines.append("")
     return "\n".join(lines)
+
+
+COMPUTE_LEVELS = (0.9, 0.98)
+
+
+def _compute_points(agg: dict, dataset: str, arch: str, s: float) -> list[tuple]:
+    """(method, label, top-1 mean, std, images with the teacher, images without it) at sparsity ``s``."""
+    pts = []
+    for (d, a, method, label, sp), c in agg.items():
+        if (d, a) == (dataset, arch) and abs(sp - s) < 1e-9:
+            pts.append((method, label, c["mean"], c["std"], c["images_fwd_bwd"],
+                        c["images_fwd_bwd"] - c["teacher_images"]))
+    return sorted(pts, key=lambda p: p[4])
+
+
+def compute_markdown(agg: dict) -> str:
+    """Accuracy against compute at fixed sparsity, and the cheapest one-shot budget that comes within
+    0.5 points of IMP at 90% with its compute ratio to IMP and COLT."""
+    lines = []
+    for dataset, arch in sorted({(k[0], k[1]) for k in agg}):
+        for s in COMPUTE_LEVELS:
+            pts = _compute_points(agg, dataset, arch, s)
+            if not pts:
+                continue
+            lines += [f"### {dataset}, {arch}: accuracy against compute at {s:.0%}", "",
+                      "Images through forward+backward, with the teacher's training counted and without it (a "
+                      "pre-trained teacher); cheapest first.", "",
+                      "| method (variant) | top-1 | images, teacher counted | images, teacher not counted |",
+                      "|---|---:|---:|---:|"]
+            for method, label, mean, std, imgs, no_t in pts:
+                lines.append(f"| {method} ({label}) | {mean:.2f} ± {std:.2f} | {imgs:,.0f} | {no_t:,.0f} |")
+            lines.append("")
+            if abs(s - 0.9) < 1e-9:
+                lines += [_cheapest_within(pts), ""]
+    return "\n".join(lines)
+
+
+def _cheapest_within(pts: list[tuple], margin: float = 0.5) -> str:
+    imp = [p for p in pts if p[0] == "imp"]
+    colt = [p for p in pts if p[0] == "colt"]
+    if not imp:
+        return "No IMP result at this sparsity, so no comparison with it."
+    ref = max(imp, key=lambda p: p[2])
+    ok = [p for p in pts if p[0] == "teacher-guided" and p[2] >= ref[2] - margin]
+    if not ok:
+        best = max((p for p in pts if p[0] == "teacher-guided"), key=lambda p: p[2], default=None)
+        gap = f"; its best ({best[1]}) is {ref[2] - best[2]:.2f} points below" if best else ""
+        return f"No teacher-guided budget comes within {margin} points of IMP ({ref[2]:.2f}%){gap}."
+    cheap = min(ok, key=lambda p: p[4])
+    out = (f"Cheapest teacher-guided setting within {margin} points of IMP ({ref[2]:.2f}%): **{cheap[1]}** at "
+           f"{cheap[2]:.2f}%, {cheap[4] / ref[4]:.3f} of IMP's images with the teacher's training counted "
+           f"({cheap[5] / ref[4]:.3f} with a pre-trained teacher)")
+    if colt:
+        c = max(colt, key=lambda p: p[2])
+        out += f", {cheap[4] / c[4]:.3f} of COLT's ({cheap[5] / c[4]:.3f})"
+    return out + "."
+
+
+def plot_compute(agg: dict, dataset: str, path: Path) -> bool:
+    """Top-1 against images (log axis) at 90% and 98%, teacher counted (filled) and not (hollow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    archs = sorted({k[1] for k in agg if k[0] == dataset})
+    levels = [s for s in COMPUTE_LEVELS if any(_compute_points(agg, dataset, a, s) for a in archs)]
+    if not levels:
+        return False
+    colors = _colors(k[2] for k in agg if k[0] == dataset)
+    fig, axes = plt.subplots(1, len(levels), figsize=(7 * len(levels), 5.8), squeeze=False)
+    for ax, s in zip(axes[0], levels):
+        for arch in archs:
+            for method, label, mean, std, imgs, no_t in _compute_points(agg, dataset, arch, s):
+                ls, marker = _style(label)
+                ax.errorbar([imgs], [mean], yerr=[std], color=colors[method], marker=marker, markersize=7,
+                            capsize=3, linestyle="none", label=f"{method} ({label})")
+                ax.annotate(label, (imgs, mean), textcoords="offset points", xytext=(6, 4), fontsize=7,
+                            color=colors[method])
+                if no_t < imgs:
+                    ax.plot([no_t, imgs], [mean, mean], color=colors[method], linewidth=0.8, alpha=0.6)
+                    ax.plot([no_t], [mean], marker=marker, markersize=7, markerfacecolor="white",
+                            color=colors[method], linestyle="none")
+        ax.set_xscale("log")
+        ax.set_xlabel("images through forward+backward (hollow: teacher's training not counted)")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title(f"{dataset}: {s:.0%} sparsity", fontsize=12)
+        ax.grid(alpha=0.3, which="both")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    fig.legend(uniq.values(), uniq.keys(), loc="lower center", ncol=3, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.08 + 0.025 * math.ceil(len(uniq) / 3), 1, 1))
+    _savefig(fig, path)
+    plt.close(fig)
+    return True
 
 
 def _savefig(fig, path: Path) -> None:
@@ -299,12 +414,17 @@ def write_report(paths: list[str | Path], out: str | Path, published: str | Path
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "results.csv", _csv(rows))
     md = _markdown(agg, pub)
+    compute = compute_markdown(agg)
+    if compute:
+        md = md.rstrip("\n") + "\n\n" + compute
     write_text(out / "results.md", md)
     written = ["results.csv", "results.md"]
     for dataset in sorted({k[0] for k in agg}):
         name = f"accuracy_vs_sparsity_{dataset}.png"
         plot_accuracy(agg, dataset, out / name)
         written.append(name)
+        if plot_compute(agg, dataset, out / f"accuracy_vs_compute_{dataset}.png"):
+            written.append(f"accuracy_vs_compute_{dataset}.png")
     if plot_radar(agg, out / "radar.png"):
         written.append("radar.png")
     return {"rows": len(rows), "files": written, "markdown": md}

@@ -243,6 +243,7 @@ class RunContext:
             "teacher_forwards": cost["teacher_forwards"], "scoring_batches": scoring_batches,
             "wall_seconds": m["wall_seconds"], "total_wall_seconds": cost["wall_seconds"],
             "nonzero_params": m["sparsity"]["nonzero_params"], "total_params": m["sparsity"]["total_params"],
+            "teacher_images_fwd_bwd": self._teacher_images(regime),
             "out": str(rdir),
         }
         self.rows.append(row)
@@ -250,6 +251,15 @@ class RunContext:
             append_jsonl(self.out / "results.jsonl", row)
             self.done.add(result_key(row))
         log(self.env, f"sparsity {s:g} {regime}: top-1 {m['top1']:.2f}% (dense {dense_top1:.2f}%)")
+
+    def _teacher_images(self, regime: str) -> int:
+        """Images of the teacher's training inside this row's ``images_fwd_bwd``: post-training recipes
+        always pay for the teacher (their student learns from it), the others only in the kd regime."""
+        from kdprune.methods.registry import get_method
+
+        if self._teacher is None or (regime != "kd" and get_method(self.cfg.method).recipe != "post-training"):
+            return 0
+        return int(self._teacher[1].get("images_fwd_bwd", 0))
 
     def retrain(self, rdir: Path, s: float, regime: str, state: dict, masks: MaskSet, epochs: int, lr: float | OptimSpec,
                 desc: str) -> tuple[dict, torch.nn.Module]:
