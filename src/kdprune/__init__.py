@@ -7,7 +7,8 @@ the command line start without importing torch first.
 
 __version__ = "0.1.0"
 
-_API = ("PruneResult", "distill", "evaluate", "export", "mask", "progressive_mask", "prune", "retrain", "score")
+_API = ("PruneResult", "distill", "evaluate", "export", "mask", "progressive_mask", "prune", "prune_channels", "retrain",
+        "score")
 __all__ = ["__version__", *_API]
 
 

@@ -42,7 +42,8 @@ from kdprune.data.batches import check_batches
 from kdprune.train.engine import OptimSpec, Trainer
 from kdprune.train.engine import evaluate as _evaluate
 
-__all__ = ["PruneResult", "distill", "evaluate", "export", "mask", "progressive_mask", "prune", "retrain", "score"]
+__all__ = ["PruneResult", "distill", "evaluate", "export", "mask", "progressive_mask", "prune", "prune_channels",
+           "retrain", "score"]
 
 
 def _freeze(teacher: nn.Module | None) -> nn.Module | None:
@@ -152,9 +153,10 @@ def retrain(model: nn.Module, masks: MaskSet, train_data, *, epochs: int, test_d
     """Sparsity-aware retraining of ``model`` under ``masks`` (bound here): KD-guided with ``L_total`` when a
     ``teacher`` is given, plain cross-entropy otherwise. Pruned weights, their gradients and their optimizer
     state stay exactly zero. ``out_dir`` makes it resumable (a checkpoint per epoch). Returns the metrics."""
-    if not isinstance(masks, MaskSet):
-        raise UserError("masks: expected a kdprune MaskSet (from kdprune.mask)")
-    masks.bind(model)
+    if masks is not None:  # None: a channel-pruned model, smaller and dense, nothing to hold at zero
+        if not isinstance(masks, MaskSet):
+            raise UserError("masks: expected a kdprune MaskSet (from kdprune.mask), or None")
+        masks.bind(model)
     objective = Distillation(alpha, temperature, kd_loss, std=kd_std) if teacher is not None else CrossEntropy()
     return _train(model, objective, train_data, epochs, test_data, teacher, masks, lr, optimizer, momentum, nesterov,
                   weight_decay, schedule, progress, out_dir, desc)
@@ -187,6 +189,41 @@ def export(model: nn.Module, path: str | Path, *, format: str = "dense", input_s
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return write_export(path, format, state, model=model if format == "onnx" else None, fp16=fp16,
                         input_shape=input_shape)
+
+
+def prune_channels(model: nn.Module, data=None, *, target_macs: float | str | None = None,
+                   target_params: float | None = None, criterion: str = "teacher-guided",
+                   teacher: nn.Module | None = None, floor: float = 0.1, num_batches: int | None = None,
+                   input_shape: tuple | None = None, alpha: float = 0.9, temperature: float = 4.0,
+                   kd_loss: str = "ca-kld", kd_std: str = "population", seed: int = 0):
+    """Structured pruning, in place: remove whole channels of ``model`` until its MACs shrink by
+    ``target_macs`` (2 or "2x") or ``target_params`` of its parameters are gone. Group importance is the
+    ``criterion``'s per-weight saliency summed over every weight a channel's removal deletes
+    (``teacher-guided``: ``sum_b |w * dL_total,b/dw|``; ``taylor-ce``; ``l1``; ``l2``; ``random``); one global
+    ranking; each group keeps ``floor`` of its channels; the first conv and the classifier stay whole.
+    Returns the plan (removed channels, MACs and parameters before and after); the model is then a plain,
+    smaller dense module: retrain it with ``retrain(model, None, ...)``, save ``channel_widths(model)``
+    to rebuild it (:func:`kdprune.pruning.structured.apply_widths`)."""
+    from kdprune.pruning import structured as S
+
+    crit = "l1" if criterion == "magnitude" else criterion
+    if crit in ("teacher-guided", "taylor-ce"):
+        if data is None:
+            raise UserError(f"criterion {criterion!r} needs data")
+        check_batches(data)
+    if input_shape is None:
+        if data is None:
+            raise UserError("pass input_shape=(channels, height, width) or data to measure the MACs on")
+        input_shape = _first_input_shape(data)
+    device = next(model.parameters()).device
+    example = torch.zeros(1, *input_shape, device=device)
+    scores = S.saliency(model, crit, iter(data) if data is not None else None, teacher=_freeze(teacher),
+                        objective=Distillation(alpha, temperature, kd_loss, std=kd_std),
+                        num_batches=num_batches or (min(len(data), 100) if data is not None else None), seed=seed)
+    plan = S.plan_channels(model, example, scores, floor=floor, target_params=target_params,
+                           target_macs=S.parse_macs_target(target_macs) if target_macs is not None else None)
+    S.prune_channels(model, example, plan)
+    return plan
 
 
 @dataclass

@@ -43,6 +43,11 @@ def describe_source(src: str | Path, arch: str | None = None) -> dict:
         info["resized"] = info.get("resized") or d.get("image_size")
         if info["arch"] is None and folder.name == "teacher":
             info["arch"] = d.get("teacher_arch")
+    widths = folder / "widths.json"
+    if widths.is_file():  # a channel-pruned model: rebuilt from its widths
+        w = read_json(widths)
+        info["widths"] = w["widths"]
+        info["arch"] = info["arch"] or w.get("arch")
     weights = [v for k, v in state.items() if k.endswith(".weight") and v.dim() in (2, 4)]
     if not weights:
         raise UserError(f"{wfile} holds no conv or linear weights")
@@ -56,6 +61,10 @@ def build_model(info: dict) -> nn.Module:
     if not info["arch"]:
         raise UserError(f"cannot tell the architecture of {info['weights']}; pass --arch")
     model = create_model(info["arch"], info["num_classes"], info["in_channels"])
+    if info.get("widths"):
+        from kdprune.pruning.structured import apply_widths
+
+        apply_widths(model, info["widths"])
     tmp_state = info["state"]
     missing = [k for k in model.state_dict() if k not in tmp_state]
     if missing:
@@ -103,6 +112,10 @@ def inspect(src: str | Path, arch: str | None = None, image_size: int | None = N
     if info["arch"] and size:
         report["dense_macs"], report["nonzero_macs"] = _macs(build_model(info), info["in_channels"], size)
         report["image_size"] = size
+    metrics = Path(info["weights"]).parent / "metrics.json"
+    if info.get("widths") and metrics.is_file():  # channel pruning: what the model was before
+        m = read_json(metrics)
+        report.update({k: m[k] for k in ("macs_before", "params_before") if k in m})
     return report
 
 
@@ -128,6 +141,10 @@ def format_inspect(r: dict) -> str:
     if "nonzero_macs" in r:
         lines.append(f"MACs per {r['image_size']}x{r['image_size']} image: {r['nonzero_macs']:,} non-zero of "
                      f"{r['dense_macs']:,} ({r['nonzero_macs'] / max(r['dense_macs'], 1):.2%})")
+    if "macs_before" in r and "dense_macs" in r:
+        lines.append(f"MACs per {r['image_size']}x{r['image_size']} image: {r['dense_macs']:,} (before channel pruning "
+                     f"{r['macs_before']:,}: {r['macs_before'] / max(r['dense_macs'], 1):.2f}x fewer); parameters "
+                     f"{r['total_params']:,} (before {r['params_before']:,})")
     return "\n".join(lines) + "\n"
 
 

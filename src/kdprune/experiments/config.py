@@ -80,6 +80,12 @@ class PruneOptions:
     score_form: str = _f("taylor", "gradient score: taylor |w*g| | grad |g| | taylor2 (w*g)^2")
     prune_first: bool = _f(True, "prune the first convolution")
     prune_last: bool = _f(True, "prune the classifier")
+    structure: str = _f("unstructured", "unstructured (single weights, the paper's) | channel (whole channels, "
+                                        "Torch-Pruning surgery: a smaller, faster dense model)", neutral="unstructured")
+    target_macs: str | None = _f(None, "channel: shrink the MACs by this factor, e.g. 2x or 4x", neutral=None)
+    target_params: float | None = _f(None, "channel: remove this fraction of the parameters instead", neutral=None)
+    channel_floor: float = _f(0.1, "channel: every dependency group keeps at least this fraction of its channels",
+                              neutral=0.1)
     score_rounds: int = _f(1, "progressive scoring: reach each sparsity in R score->mask steps on an exponential "
                               "schedule, re-scoring the masked student (1 = the paper's one-shot)", neutral=1)
     layer_floor: float = _f(0.0, "keep at least this fraction of every layer (0 = none, the paper's)", neutral=0.0)
@@ -217,6 +223,8 @@ def _validate(cfg) -> None:
             raise UserError(f"{k}: must not be negative, got {getattr(cfg, k)}")
     if getattr(cfg, "image_size", None) is not None and not 4 <= cfg.image_size <= 1024:
         raise UserError(f"image_size: must lie in [4, 1024], got {cfg.image_size}")
+    if getattr(cfg, "structure", "unstructured") == "channel":
+        _validate_channel(cfg)
     if getattr(cfg, "score_rounds", 1) < 1:
         raise UserError(f"score_rounds: must be at least 1, got {cfg.score_rounds}")
     if not 0.0 <= getattr(cfg, "layer_floor", 0.0) < 1.0:
@@ -236,12 +244,33 @@ def _validate(cfg) -> None:
     _validate_names_and_files(cfg)
     choices = {"retrain": ("plain", "kd", "both"), "scope": ("global", "layerwise"),
                "kd_loss": ("ca-kld", "kd"), "kd_std": ("population", "sample"), "score_norm": ("none", "l2", "mean"),
-               "retrain_schedule": ("finetune", "lr-rewind", "restart"), "colt_heads": ("own", "shared"),
+               "retrain_schedule": ("finetune", "lr-rewind", "restart"), "structure": ("unstructured", "channel"), "colt_heads": ("own", "shared"),
                "score_form": ("taylor", "grad", "taylor2"),
                "optimizer": ("sgd", "adamw"), "schedule": ("cosine", "multistep", "constant")}
     for k, allowed in choices.items():
         if hasattr(cfg, k) and getattr(cfg, k) not in allowed:
             raise UserError(f"{k}: expected one of {', '.join(allowed)}, got {getattr(cfg, k)!r}")
+
+
+def _validate_channel(cfg) -> None:
+    from kdprune.pruning.structured import STRUCTURED_CRITERIA, parse_macs_target
+
+    if (cfg.target_macs is None) == (cfg.target_params is None):
+        raise UserError("--structure channel needs exactly one target: --target-macs (e.g. 2x) or --target-params")
+    if cfg.target_macs is not None:
+        parse_macs_target(cfg.target_macs)
+    if cfg.target_params is not None and not 0.0 < cfg.target_params < 1.0:
+        raise UserError(f"target_params: a fraction of the parameters to remove in (0, 1), got {cfg.target_params}")
+    if not 0.0 <= cfg.channel_floor < 1.0:
+        raise UserError(f"channel_floor: must lie in [0, 1), got {cfg.channel_floor}")
+    if structured_criterion(cfg.method) not in STRUCTURED_CRITERIA:
+        raise UserError(f"--structure channel takes --method {', '.join(('magnitude',) + STRUCTURED_CRITERIA)}, "
+                        f"got {cfg.method!r}")
+
+
+def structured_criterion(method: str) -> str:
+    """``magnitude`` means group L1 magnitude for channels."""
+    return "l1" if method == "magnitude" else method
 
 
 def _validate_names_and_files(cfg) -> None:
@@ -267,7 +296,7 @@ def _validate_names_and_files(cfg) -> None:
             raise UserError(f"rounds: must be positive, got {cfg.rounds}")
         if cfg.rewind_epoch < 0 or cfg.rewind_epoch > cfg.student_epochs:
             raise UserError(f"rewind_epoch: must lie in [0, student_epochs={cfg.student_epochs}], got {cfg.rewind_epoch}")
-    elif hasattr(cfg, "method"):
+    elif hasattr(cfg, "method") and getattr(cfg, "structure", "unstructured") == "unstructured":
         get_criterion(cfg.method)
     if getattr(cfg, "synflow_iterations", 1) <= 0:
         raise UserError(f"synflow_iterations: must be positive, got {cfg.synflow_iterations}")

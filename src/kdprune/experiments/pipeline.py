@@ -16,6 +16,8 @@ They orchestrate folders and files on top of the library: the recipes themselves
 from __future__ import annotations
 
 import time
+
+import torch
 from kdprune.errors import UserError
 from kdprune.experiments.config import PruneConfig, RunConfig, TrainConfig
 from kdprune.experiments.outdir import prepare_out
@@ -52,6 +54,8 @@ def train_dense(cfg: TrainConfig, callbacks=()) -> dict:
 def prune_checkpoint(cfg: PruneConfig) -> dict:
     if not cfg.checkpoint:
         raise UserError("prune needs --checkpoint (the model to prune)")
+    if cfg.structure == "channel":
+        return prune_channels_checkpoint(cfg)
     crit = get_criterion(cfg.method)
     if crit.needs_teacher and not cfg.teacher_checkpoint:
         raise UserError(f"--method {cfg.method} needs --teacher-checkpoint (and --teacher-arch)")
@@ -122,3 +126,45 @@ def run_pipeline(cfg: RunConfig, callbacks=()) -> list[dict]:
         write_json(out / "metrics.json", {"method": cfg.method, "recipe": method.recipe, "results": ctx.rows,
                                           "wall_seconds_this_invocation": time.perf_counter() - t_start})
     return ctx.rows
+
+
+def prune_channels_checkpoint(cfg: PruneConfig) -> dict:
+    """``kdprune prune --structure channel``: remove whole channels to the target, write the smaller model
+    (``model.safetensors``) and the widths that rebuild it (``widths.json``)."""
+    from kdprune.experiments.config import structured_criterion
+    from kdprune.io import write_json
+    from kdprune.losses import Distillation
+    from kdprune.pruning import structured as S
+
+    criterion = structured_criterion(cfg.method)
+    if criterion == "teacher-guided" and not cfg.teacher_checkpoint:
+        raise UserError("--method teacher-guided needs --teacher-checkpoint (and --teacher-arch)")
+    env = make_env(cfg)
+    nc = env.data.num_classes
+    model = load_weights(build_model(cfg.arch, env, cfg.seed), cfg.checkpoint, cfg.arch, nc)
+    teacher = None
+    if criterion == "teacher-guided":
+        teacher = load_weights(build_model(cfg.teacher_arch, env, cfg.seed), cfg.teacher_checkpoint, cfg.teacher_arch, nc)
+    out = prepare_out(cfg, "prune", env.is_main)
+    log(env, f"kdprune prune: {cfg.dataset} on {describe_compute(env)} -> {out}")
+    dense_top1 = evaluate(model, env.test, cfg.amp)["top1"]
+    t0 = time.perf_counter()
+    d = env.data
+    example = torch.zeros(1, d.in_channels, d.image_size, d.image_size, device=env.device)
+    objective = Distillation(cfg.alpha, cfg.temperature, cfg.kd_loss, cfg.kd_eps, cfg.kd_t_squared, std=cfg.kd_std)
+    scores = S.saliency(model, criterion, iter(env.score_loader(cfg.seed)), teacher=teacher, objective=objective,
+                        num_batches=cfg.score_batches or min(len(env.train), 100), seed=cfg.seed)
+    plan = S.plan_channels(model, example, scores, floor=cfg.channel_floor, target_params=cfg.target_params,
+                           target_macs=S.parse_macs_target(cfg.target_macs) if cfg.target_macs else None)
+    S.prune_channels(model, example, plan)
+    top1 = evaluate(model, env.test, cfg.amp)["top1"]
+    metrics = {"method": cfg.method, "structure": "channel", "dataset": cfg.dataset, "arch": cfg.arch,
+               "top1": top1, "dense_top1": dense_top1, "score_seconds": time.perf_counter() - t0, **plan.to_dict()}
+    if env.is_main:
+        save_tensors(out / "model.safetensors", model.state_dict(), {"format": "kdprune-model-v1"})
+        write_json(out / "widths.json", {"arch": cfg.arch, "widths": S.channel_widths(model)})
+        write_json(out / "metrics.json", metrics)
+    log(env, f"{cfg.method} channel pruning: MACs {plan.macs_before:,} -> {plan.macs_after:,} "
+             f"({plan.macs_reduction:.2f}x), parameters {plan.params_before:,} -> {plan.params_after:,}; top-1 "
+             f"{dense_top1:.2f}% -> {top1:.2f}% (no retraining) -> {out}")
+    return metrics

@@ -1,0 +1,320 @@
+"""Structured (channel) pruning: teacher-guided group importance, Torch-Pruning for the surgery.
+
+Removing whole channels makes a CNN smaller and faster on every device, but a channel cannot go alone: a
+conv's output channel is also its BatchNorm's channel, the next convs' input slice and, through residual
+additions, the same channel of every layer on that stream. Torch-Pruning (Fang et al., *DepGraph*, CVPR
+2023; ``torch-pruning`` on PyPI) finds these dependency groups in any graph (residual adds, depthwise and
+grouped convs, concatenations) and performs the surgery. kdprune brings the importance and the recipe:
+
+* per-weight saliencies of every parameter (:func:`saliency`), for ``teacher-guided``
+  ``S(w) = sum_b |w * dL_total,b/dw|`` as in unstructured pruning (student in eval mode, teacher frozen),
+  ``taylor-ce`` the same with cross-entropy alone (the KD-free ablation), ``l1``/``l2`` magnitude, ``random``;
+* group importance of a channel = the sum of ``S`` over every weight its removal deletes: the group's conv
+  filters (and biases), its BatchNorm scale and shift, and the consumers' input slices (:class:`GroupSaliency`);
+* one global ranking of all groups' channels, lowest first; each group keeps at least ``floor`` of its
+  channels (and one); the first conv and the classifier are never pruned (their outputs stay intact);
+* the number of channels removed is the smallest that reaches the target (a MACs reduction factor, e.g.
+  2 for "2x", or a fraction of parameters removed), found by bisection on the pruned model's real MACs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+from kdprune.errors import UserError
+
+STRUCTURED_CRITERIA = ("teacher-guided", "taylor-ce", "l1", "l2", "random")
+
+
+def _tp():
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # its sources raise SyntaxWarnings (escape sequences) on first import
+            warnings.simplefilter("ignore")
+            import torch_pruning
+    except ImportError:  # a dependency of kdprune; only a broken install lacks it
+        raise UserError("structured pruning needs torch-pruning: pip install torch-pruning") from None
+    return torch_pruning
+
+
+# ----------------------------------------------------------------------------------------- saliency
+
+def saliency(model: nn.Module, criterion: str, batches: Iterable | None = None, *, teacher: nn.Module | None = None,
+             objective=None, num_batches: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Per-weight saliency of every parameter of ``model`` (name -> tensor of its shape), by ``criterion``."""
+    from kdprune.losses import CrossEntropy, Distillation
+    from kdprune.pruning.criteria import loss_gradient_scores
+
+    params = dict(model.named_parameters())
+    if criterion in ("teacher-guided", "taylor-ce"):
+        if batches is None:
+            raise UserError(f"structured criterion {criterion!r} needs data")
+        if criterion == "teacher-guided":
+            if teacher is None:
+                raise UserError("structured criterion 'teacher-guided' needs a teacher")
+            obj = objective or Distillation()
+        else:
+            obj, teacher = CrossEntropy(), None
+        return loss_gradient_scores(model, params, batches, obj, teacher=teacher, num_batches=num_batches)
+    if criterion == "l1":
+        return {n: p.detach().abs().float() for n, p in params.items()}
+    if criterion == "l2":
+        return {n: p.detach().float().square() for n, p in params.items()}
+    if criterion == "random":
+        g = torch.Generator().manual_seed(seed)
+        return {n: torch.rand(p.shape, generator=g).to(p.device) for n, p in params.items()}
+    raise UserError(f"unknown structured criterion {criterion!r}; choose one of: {', '.join(STRUCTURED_CRITERIA)}")
+
+
+class GroupSaliency:
+    """Torch-Pruning importance: per channel of a group, the sum of the precomputed saliencies of every
+    weight that removing the channel deletes (``saliency`` is keyed by parameter object)."""
+
+    def __init__(self, by_param: dict[nn.Parameter, torch.Tensor]):
+        self.s = by_param
+
+    def _get(self, p: nn.Parameter | None) -> torch.Tensor | None:
+        return None if p is None else self.s.get(p)
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor | None:
+        total, seen = None, False
+        for i, (dep, idxs) in enumerate(group):
+            layer, name = dep.target.module, dep.handler.__name__
+            root = group[i].root_idxs
+            imp = None
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                w = self._get(layer.weight)
+                if w is None:
+                    continue
+                depthwise = isinstance(layer, nn.Conv2d) and layer.groups > 1 and layer.groups == layer.in_channels
+                if name == "prune_out_channels" or (depthwise and name == "prune_in_channels"):
+                    imp = w[idxs].flatten(1).sum(1)
+                    b = self._get(layer.bias)
+                    if b is not None and name == "prune_out_channels":
+                        imp = imp + b[idxs]
+                elif name == "prune_in_channels":
+                    per_in = w.transpose(0, 1).flatten(1).sum(1)
+                    if isinstance(layer, nn.Conv2d) and layer.groups > 1:
+                        per_in = per_in.repeat(layer.groups)
+                    imp = per_in[idxs]
+            elif isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.affine and name == "prune_out_channels":
+                imp = self._get(layer.weight)[idxs] + self._get(layer.bias)[idxs]
+            if imp is None or any(r is None for r in root):
+                continue
+            if total is None:
+                total = torch.zeros(len(group[0].idxs), dtype=torch.float64, device=imp.device)
+            total.scatter_add_(0, torch.tensor(root, device=imp.device), imp.double())
+            seen = True
+        return total if seen else None
+
+
+# ----------------------------------------------------------------------------------------- counting
+
+def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
+    """Multiply-accumulates of Conv2d and Linear layers for one input (batch size 1)."""
+    total = [0]
+
+    def hook(m, inp, out):
+        if isinstance(m, nn.Conv2d):
+            total[0] += out.shape[2] * out.shape[3] * m.weight.numel()
+        else:
+            total[0] += m.weight.numel() * (out.numel() // out.shape[-1] // out.shape[0])
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input[:1])
+    finally:
+        model.train(was)
+        for h in hs:
+            h.remove()
+    return total[0]
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------- planning
+
+@dataclass
+class ChannelPlan:
+    """Which output channels of which group roots go (keyed by the root layer's name)."""
+
+    removals: dict[str, list[int]] = field(default_factory=dict)
+    macs_before: int = 0
+    macs_after: int = 0
+    params_before: int = 0
+    params_after: int = 0
+
+    @property
+    def macs_reduction(self) -> float:
+        return self.macs_before / max(self.macs_after, 1)
+
+    def to_dict(self) -> dict:
+        return {"removals": self.removals, "macs_before": self.macs_before, "macs_after": self.macs_after,
+                "params_before": self.params_before, "params_after": self.params_after,
+                "macs_reduction": self.macs_reduction}
+
+
+def parse_macs_target(text: str | float) -> float:
+    """``"2x"``, ``"2"`` or ``2.0`` -> 2.0: the factor by which MACs must shrink (more than 1)."""
+    raw = str(text).strip().lower().removesuffix("x")
+    try:
+        v = float(raw)
+    except ValueError:
+        raise UserError(f"target_macs: expected a reduction factor like 2x or 4x, got {text!r}") from None
+    if not math.isfinite(v) or v <= 1.0:
+        raise UserError(f"target_macs: the MACs must shrink by a factor above 1x, got {text!r}")
+    return v
+
+
+def _ignored(model: nn.Module, keep_first: bool = True) -> list[nn.Module]:
+    """The classifier (the last Linear) and, with ``keep_first``, the first conv: never pruned."""
+    out = []
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if linears:
+        out.append(linears[-1])
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if keep_first and convs:
+        out.append(convs[0])
+    return out
+
+
+def _groups(model: nn.Module, example_input: torch.Tensor):
+    tp = _tp()
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input[:1])
+    names = {m: n for n, m in model.named_modules()}
+    groups = list(dg.get_all_groups(ignored_layers=_ignored(model), root_module_types=[nn.Conv2d, nn.Linear]))
+    return dg, names, groups
+
+
+def _apply(model: nn.Module, example_input: torch.Tensor, removals: dict[str, list[int]]) -> nn.Module:
+    tp = _tp()
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input[:1])
+    modules = dict(model.named_modules())
+    for name, idxs in removals.items():
+        if not idxs:
+            continue
+        layer = modules[name]
+        fn = tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else tp.prune_linear_out_channels
+        group = dg.get_pruning_group(layer, fn, idxs=list(idxs))
+        group.prune()
+    return model
+
+
+def plan_channels(model: nn.Module, example_input: torch.Tensor, scores: dict[str, torch.Tensor], *,
+                  target_macs: float | None = None, target_params: float | None = None,
+                  floor: float = 0.1) -> ChannelPlan:
+    """One global ranking of channels by group saliency, cut where the target is first reached.
+
+    ``target_macs``: the MACs must shrink by this factor (> 1). ``target_params``: this fraction of the
+    parameters must go (0 < f < 1). ``floor``: every group keeps at least this fraction of its channels.
+    """
+    if (target_macs is None) == (target_params is None):
+        raise UserError("give exactly one target: target_macs (e.g. 2 for 2x) or target_params (a fraction)")
+    if target_params is not None and not 0.0 < target_params < 1.0:
+        raise UserError(f"target_params: a fraction of the parameters to remove in (0, 1), got {target_params}")
+    if not 0.0 <= floor < 1.0:
+        raise UserError(f"channel floor: must lie in [0, 1), got {floor}")
+    dg, names, groups = _groups(model, example_input)
+    by_param = {p: scores[n] for n, p in model.named_parameters() if n in scores}
+    imp_fn = GroupSaliency(by_param)
+    candidates = []  # (importance, group order, channel, root name)
+    keep_min = {}
+    for gi, g in enumerate(groups):
+        imp = imp_fn(g)
+        if imp is None:
+            continue
+        root = names[g[0].dep.target.module]
+        n = len(imp)
+        keep_min[root] = max(1, math.ceil(floor * n - 1e-9))
+        candidates += [(float(v), gi, c, root) for c, v in enumerate(imp.tolist())]
+    candidates.sort(key=lambda t: (t[0], t[1], t[2]))
+    budget = {r: sum(1 for c in candidates if c[3] == r) - keep_min[r] for r in keep_min}
+    order = []
+    for imp, gi, c, root in candidates:  # the floor: a group's last channels are not candidates
+        if budget[root] > 0:
+            order.append((root, c))
+            budget[root] -= 1
+    macs0, params0 = count_macs(model, example_input), count_params(model)
+
+    def pruned(k: int) -> tuple[dict, nn.Module]:
+        rem: dict[str, list[int]] = {}
+        for root, c in order[:k]:
+            rem.setdefault(root, []).append(c)
+        rem = {r: sorted(v) for r, v in rem.items()}
+        return rem, _apply(copy.deepcopy(model), example_input, rem)
+
+    def reached(m: nn.Module) -> bool:
+        if target_macs is not None:
+            return count_macs(m, example_input) * target_macs <= macs0 * (1 + 1e-9)
+        return count_params(m) <= (1.0 - target_params) * params0
+
+    rem, m = pruned(len(order))
+    if not reached(m):
+        got = macs0 / max(count_macs(m, example_input), 1)
+        raise UserError(f"the target is unreachable with a channel floor of {floor:g}: removing every other channel "
+                        f"reaches {got:.2f}x MACs and {1 - count_params(m) / params0:.1%} of the parameters")
+    lo, hi = 0, len(order)  # smallest k that reaches the target
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if reached(pruned(mid)[1]):
+            hi = mid
+        else:
+            lo = mid + 1
+    rem, m = pruned(lo)
+    return ChannelPlan(rem, macs0, count_macs(m, example_input), params0, count_params(m))
+
+
+def prune_channels(model: nn.Module, example_input: torch.Tensor, plan: ChannelPlan) -> nn.Module:
+    """Apply ``plan`` to ``model`` in place (the modules shrink); returns it."""
+    return _apply(model, example_input, plan.removals)
+
+
+# ----------------------------------------------------------------------------------------- widths
+
+def channel_widths(model: nn.Module) -> dict[str, dict]:
+    """The shape of every Conv2d, Linear and BatchNorm: what a pruned model needs to be rebuilt."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            out[name] = {"type": "conv2d", "in": m.in_channels, "out": m.out_channels, "groups": m.groups}
+        elif isinstance(m, nn.Linear):
+            out[name] = {"type": "linear", "in": m.in_features, "out": m.out_features}
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            out[name] = {"type": "batchnorm", "out": m.num_features}
+    return out
+
+
+def apply_widths(model: nn.Module, widths: dict[str, dict]) -> nn.Module:
+    """Shrink ``model`` (a fresh instance of the original architecture) to ``widths``, in place: each
+    layer is replaced by one of the same kind and settings with the recorded channels. Load the pruned
+    state_dict afterwards."""
+    modules = dict(model.named_modules())
+    for name, w in widths.items():
+        if name not in modules:
+            raise UserError(f"the widths name a layer {name!r} this model does not have")
+        m = modules[name]
+        if w["type"] == "conv2d" and isinstance(m, nn.Conv2d):
+            new = nn.Conv2d(w["in"], w["out"], m.kernel_size, m.stride, m.padding, m.dilation, w["groups"],
+                            m.bias is not None, m.padding_mode)
+        elif w["type"] == "linear" and isinstance(m, nn.Linear):
+            new = nn.Linear(w["in"], w["out"], m.bias is not None)
+        elif w["type"] == "batchnorm" and isinstance(m, nn.modules.batchnorm._BatchNorm):
+            new = type(m)(w["out"], m.eps, m.momentum, m.affine, m.track_running_stats)
+        else:
+            raise UserError(f"the widths describe {name!r} as {w['type']}, the model has {type(m).__name__}")
+        parent, _, leaf = name.rpartition(".")
+        setattr(modules[parent] if parent else model, leaf, new.to(next(m.parameters(), torch.empty(0)).device))
+    return model

@@ -1,0 +1,131 @@
+"""Channel pruning: group importance, targets, surgery on residual and depthwise nets, widths, export."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import kdprune
+from kdprune.errors import UserError
+from kdprune.models import create_model
+from kdprune.pruning import structured as S
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+
+def _depthwise():
+    from own_model import Student
+
+    torch.manual_seed(0)
+    return Student().eval()
+
+
+@pytest.mark.parametrize("make, shape", [(lambda: create_model("resnet20", 10, 3), (3, 16, 16)),
+                                         (_depthwise, (1, 8, 8))])
+@pytest.mark.parametrize("factor", [2.0, 4.0])
+def test_pruned_to_the_declared_macs_still_runs_and_keeps_its_ends(make, shape, factor, tmp_path):
+    torch.manual_seed(1)
+    model = make().eval()
+    x = torch.randn(3, *shape)
+    plan = kdprune.prune_channels(model, criterion="l2", target_macs=f"{factor:g}x", input_shape=shape)
+    macs = S.count_macs(model, x)
+    assert plan.macs_after == macs and plan.macs_before / macs >= factor
+    assert plan.macs_before / macs <= factor * 1.05  # the declared MACs within 5%
+    assert model(x).shape == (3, 10)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    first_out = {"resnet": 16, "student": 32}["resnet" if shape[0] == 3 else "student"]
+    assert convs[0].out_channels == first_out and convs[0].in_channels == shape[0]  # the first conv is whole
+    assert [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features == 10  # so are the classes
+    r = kdprune.export(model, tmp_path / "m.onnx", format="onnx", input_shape=shape)
+    assert r["onnx_max_abs_diff"] <= 1e-4
+
+
+def test_rebuilt_from_widths_equals_the_pruned_model_bit_for_bit():
+    torch.manual_seed(2)
+    model = create_model("resnet20", 10, 3).eval()
+    x = torch.randn(2, 3, 16, 16)
+    kdprune.prune_channels(model, criterion="l1", target_macs=2, input_shape=(3, 16, 16))
+    rebuilt = S.apply_widths(create_model("resnet20", 10, 3), json.loads(json.dumps(S.channel_widths(model))))
+    rebuilt.load_state_dict(model.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), rebuilt.state_dict().values()))
+    assert torch.equal(rebuilt.eval()(x), model(x))
+
+
+def test_group_score_is_the_hand_computed_sum():
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1),
+                        nn.BatchNorm2d(3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+    g = torch.Generator().manual_seed(4)
+    sal = {n: torch.rand(p.shape, generator=g) for n, p in net.named_parameters()}
+    _, names, groups = S._groups(net, torch.zeros(1, 1, 6, 6))
+    imp = S.GroupSaliency({p: sal[n] for n, p in net.named_parameters()})
+    by_root = {names[gr[0].dep.target.module]: imp(gr) for gr in groups}
+    # the second conv's channels: its filters + bias, its BN scale and shift, the classifier's input columns
+    want = (sal["3.weight"].flatten(1).sum(1) + sal["3.bias"] + sal["4.weight"] + sal["4.bias"]
+            + sal["8.weight"].sum(0))
+    assert torch.allclose(by_root["3"].float(), want, atol=1e-6)
+    assert set(by_root) == {"3"}  # the first conv (0) and the classifier (8) are never roots
+
+
+def test_teacher_guided_group_importance_ranks_like_the_kd_free_one_only_by_chance():
+    """teacher-guided and taylor-ce saliencies differ (the KD term), on the same data and weights."""
+    torch.manual_seed(5)
+    student, teacher = create_model("resnet20", 10, 1).eval(), create_model("resnet20", 10, 1).eval()
+    g = torch.Generator().manual_seed(6)
+    data = [(torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(2)]
+    tg = S.saliency(student, "teacher-guided", iter(data), teacher=teacher, num_batches=2)
+    ce = S.saliency(student, "taylor-ce", iter(data), num_batches=2)
+    assert set(tg) == set(dict(student.named_parameters()))  # every parameter, BN included
+    assert not torch.allclose(tg["conv1.weight"], ce["conv1.weight"])
+
+
+def test_parameter_target_and_unreachable_or_bad_targets():
+    torch.manual_seed(7)
+    model = create_model("resnet20", 10, 3).eval()
+    before = S.count_params(model)
+    plan = kdprune.prune_channels(model, criterion="l1", target_params=0.3, input_shape=(3, 8, 8))
+    assert plan.params_after <= 0.7 * before and S.count_params(model) == plan.params_after
+    for bad in ("1x", "0.5", "abc", "-2x"):
+        with pytest.raises(UserError, match="target_macs"):
+            kdprune.prune_channels(create_model("resnet20", 10, 3), criterion="l1", target_macs=bad,
+                                   input_shape=(3, 8, 8))
+    with pytest.raises(UserError, match="unreachable"):
+        kdprune.prune_channels(create_model("resnet20", 10, 3), criterion="l1", target_macs=1000,
+                               input_shape=(3, 8, 8))
+
+
+def test_cli_prune_channels_then_export_and_inspect(tmp_path, run_cli):
+    code, _, err = run_cli("train", "--arch", "resnet20", "--epochs", "1", "--batch-size", "128", "--out", tmp_path / "t")
+    assert code == 0, err
+    out = tmp_path / "p"
+    code, _, err = run_cli("prune", "--checkpoint", tmp_path / "t", "--arch", "resnet20", "--structure", "channel",
+                           "--method", "teacher-guided", "--teacher-checkpoint", tmp_path / "t", "--teacher-arch",
+                           "resnet20", "--target-macs", "2x", "--score-batches", "2", "--out", out)
+    assert code == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    assert 2.0 <= m["macs_reduction"] <= 2.1 and m["params_after"] < m["params_before"]
+    widths = json.loads((out / "widths.json").read_text())
+    assert widths["arch"] == "resnet20" and widths["widths"]["conv1"]["out"] == 16
+    code, stdout, err = run_cli("export", out, "--format", "onnx")
+    assert code == 0 and "ONNX Runtime vs PyTorch" in stdout, err
+    code, stdout, err = run_cli("inspect", out)
+    assert code == 0, err
+    assert f"MACs per 8x8 image: {m['macs_after']:,}" in stdout and f"(before channel pruning {m['macs_before']:,}" in stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-macs", "1x"], "above 1x"),
+    (["--target-macs", "2x", "--target-params", "0.5"], "exactly one target"),
+    ([], "exactly one target"),
+    (["--target-params", "1.5"], "target_params"),
+    (["--target-macs", "2x", "--method", "snip"], "--structure channel takes --method"),
+    (["--target-macs", "2x", "--channel-floor", "1"], "channel_floor"),
+])
+def test_bad_channel_options_are_one_line(tmp_path, run_cli, args, message):
+    code, _, err = run_cli("prune", "--checkpoint", tmp_path, "--structure", "channel", "--out", tmp_path / "x", *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "x").exists()
