@@ -129,3 +129,21 @@ def test_bad_channel_options_are_one_line(tmp_path, run_cli, args, message):
     code, _, err = run_cli("prune", "--checkpoint", tmp_path, "--structure", "channel", "--out", tmp_path / "x", *args)
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("method", ["teacher-guided", "taylor-ce"])
+def test_run_channel_recipe_end_to_end(tmp_path, run_cli, method):
+    from conftest import TINY_RUN
+
+    out = tmp_path / "r"
+    code, stdout, err = run_cli("run", "--structure", "channel", "--method", method, "--target-macs", "2x,4x",
+                                "--out", out, *TINY_RUN)
+    assert code == 0, err
+    rows = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["target_macs"], r["regime"]) for r in rows] == [(2.0, "plain"), (2.0, "kd"), (4.0, "plain"), (4.0, "kd")]
+    for r in rows:
+        assert r["variant"] == "channel" and r["macs_reduction"] >= r["target_macs"]
+        assert r["macs_reduction"] <= r["target_macs"] * 1.05 and r["params"] < 272_186
+        assert r["target_sparsity"] == pytest.approx(1 - 1 / r["target_macs"])
+        assert (Path(r["out"]) / "widths.json").is_file()
+    assert run_cli("export", out / "macs-4x" / "kd", "--format", "onnx")[0] == 0

@@ -82,7 +82,8 @@ class PruneOptions:
     prune_last: bool = _f(True, "prune the classifier")
     structure: str = _f("unstructured", "unstructured (single weights, the paper's) | channel (whole channels, "
                                         "Torch-Pruning surgery: a smaller, faster dense model)", neutral="unstructured")
-    target_macs: str | None = _f(None, "channel: shrink the MACs by this factor, e.g. 2x or 4x", neutral=None)
+    target_macs: str | None = _f(None, "channel: shrink the MACs by this factor, e.g. 2x (run: a comma list, 2x,4x)",
+                                 neutral=None)
     target_params: float | None = _f(None, "channel: remove this fraction of the parameters instead", neutral=None)
     channel_floor: float = _f(0.1, "channel: every dependency group keeps at least this fraction of its channels",
                               neutral=0.1)
@@ -258,7 +259,11 @@ def _validate_channel(cfg) -> None:
     if (cfg.target_macs is None) == (cfg.target_params is None):
         raise UserError("--structure channel needs exactly one target: --target-macs (e.g. 2x) or --target-params")
     if cfg.target_macs is not None:
-        parse_macs_target(cfg.target_macs)
+        targets = str(cfg.target_macs).split(",")
+        if len(targets) > 1 and not hasattr(cfg, "rate"):
+            raise UserError("prune takes one --target-macs; `kdprune run` takes a comma list")
+        for t in targets:
+            parse_macs_target(t)
     if cfg.target_params is not None and not 0.0 < cfg.target_params < 1.0:
         raise UserError(f"target_params: a fraction of the parameters to remove in (0, 1), got {cfg.target_params}")
     if not 0.0 <= cfg.channel_floor < 1.0:
@@ -287,7 +292,8 @@ def _validate_names_and_files(cfg) -> None:
     if hasattr(cfg, "rate"):  # RunConfig: a method; PruneConfig: a criterion
         from kdprune.methods import get_method
 
-        get_method(cfg.method)
+        if getattr(cfg, "structure", "unstructured") == "unstructured":  # channel: checked above
+            get_method(cfg.method)
         if not 0.0 < cfg.rate < 1.0:
             raise UserError(f"rate: must lie strictly between 0 and 1, got {cfg.rate}")
         if cfg.colt_partitions < 2:

@@ -24,7 +24,8 @@ from kdprune.experiments.outdir import prepare_out
 from kdprune.experiments.results import format_table
 from kdprune.io import read_jsonl, save_tensors, write_json, write_text
 from kdprune.losses import CrossEntropy
-from kdprune.methods import RECIPES, get_method
+from kdprune.methods import RECIPES
+from kdprune.methods.registry import method_or_structured
 from kdprune.methods.context import RunContext, build_model, criterion_kwargs, describe_compute, log, result_key
 from kdprune.models.weights import load_weights
 from kdprune.pruning.criteria import get_criterion
@@ -108,7 +109,7 @@ def prune_checkpoint(cfg: PruneConfig) -> dict:
 
 def run_pipeline(cfg: RunConfig, callbacks=()) -> list[dict]:
     """Run ``cfg.method``'s recipe at every sparsity and regime; returns the result rows."""
-    method = get_method(cfg.method)
+    method = method_or_structured(cfg)
     t_start = time.perf_counter()
     env = make_env(cfg)
     # Given checkpoints are checked before anything is written.
@@ -119,7 +120,12 @@ def run_pipeline(cfg: RunConfig, callbacks=()) -> list[dict]:
     log(env, f"kdprune run: {cfg.dataset} on {describe_compute(env)} -> {out}")
     ctx = RunContext(cfg, env, out, tuple(callbacks), ["plain", "kd"] if cfg.retrain == "both" else [cfg.retrain])
     ctx.done = {result_key(r) for r in read_jsonl(out / "results.jsonl")}
-    RECIPES[method.recipe](ctx)
+    if cfg.structure == "channel":
+        from kdprune.methods import structured
+
+        structured.run(ctx)
+    else:
+        RECIPES[method.recipe](ctx)
     table = format_table(ctx.rows)
     if env.is_main:
         write_text(out / "results.md", table)

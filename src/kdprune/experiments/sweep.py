@@ -34,7 +34,7 @@ from kdprune.distributed import barrier, synced
 from kdprune.errors import UserError
 from kdprune.experiments.config import RunConfig, build_config, identity
 from kdprune.experiments.store import add_rows, all_rows, readable, set_aside
-from kdprune.methods import get_method
+from kdprune.methods.registry import method_or_structured
 
 _NOT_HASHED = {"out", "resume", "progress", "device"}
 _DATA = ("dataset", "data_dir", "download", "image_size", "batch_size", "optimizer", "momentum", "nesterov", "weight_decay",
@@ -83,9 +83,9 @@ def run_id(cfg: RunConfig) -> str:
 
 
 def _shared_stages(cfg: RunConfig) -> list[tuple[str, tuple]]:
-    recipe = get_method(cfg.method).recipe
+    recipe = method_or_structured(cfg).recipe
     stages = []
-    if recipe == "post-training":
+    if recipe in ("post-training", "channel"):
         stages += [("teacher", _TEACHER), ("student", _STUDENT)]
     else:
         stages.append(("dense-ce", _DENSE))
@@ -175,10 +175,10 @@ def status(cfg: RunConfig) -> str:
 
 def estimate(cfg: RunConfig, n_train: int | None = None) -> dict:
     """Training epochs (and images when the training-set size is known) the run will cost, by recipe."""
-    recipe = get_method(cfg.method).recipe
+    recipe = method_or_structured(cfg).recipe
     regimes = 2 if cfg.retrain == "both" else 1
-    n_s = len(cfg.sparsity)
-    if recipe == "post-training":
+    n_s = len(cfg.sparsity) if recipe != "channel" else len(str(cfg.target_macs or "x").split(","))
+    if recipe in ("post-training", "channel"):
         epochs = cfg.teacher_epochs + cfg.student_epochs + n_s * regimes * cfg.retrain_epochs
     elif recipe == "at-init":
         epochs = cfg.student_epochs * (1 + n_s * regimes)

@@ -232,9 +232,9 @@ class RunContext:
         return r
 
     def record(self, s: float, regime: str, m: dict, pruned: dict, dense_top1: float, teacher_top1, cost: dict,
-               scoring_batches: int, rdir: Path, variant: str = "") -> None:
+               scoring_batches: int, rdir: Path, variant: str = "", extra: dict | None = None) -> None:
         cfg = self.cfg
-        row = {"variant": variant,
+        row = {"variant": variant, **(extra or {}),
             "method": cfg.method, "dataset": cfg.dataset, "arch": cfg.arch, "teacher_arch": cfg.teacher_arch,
             "target_sparsity": s, "achieved_sparsity": m["sparsity"]["sparsity"], "regime": regime,
             "top1": m["top1"], "pruned_top1": pruned["top1"], "dense_top1": dense_top1,
@@ -255,9 +255,10 @@ class RunContext:
     def _teacher_images(self, regime: str) -> int:
         """Images of the teacher's training inside this row's ``images_fwd_bwd``: post-training recipes
         always pay for the teacher (their student learns from it), the others only in the kd regime."""
-        from kdprune.methods.registry import get_method
+        from kdprune.methods.registry import method_or_structured
 
-        if self._teacher is None or (regime != "kd" and get_method(self.cfg.method).recipe != "post-training"):
+        if self._teacher is None or (regime != "kd" and method_or_structured(self.cfg).recipe not in ("post-training",
+                                                                                                      "channel")):
             return 0
         return int(self._teacher[1].get("images_fwd_bwd", 0))
 

@@ -61,3 +61,11 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise UserError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def method_or_structured(cfg) -> Method:
+    """The run's method; with ``--structure channel`` the channel recipe (its own criteria included)."""
+    if getattr(cfg, "structure", "unstructured") == "channel":
+        return Method(cfg.method, "channel", cfg.method, "channel pruning by group importance, then retraining",
+                      "Fang et al., DepGraph, CVPR 2023 (surgery); importance as the method's criterion")
+    return get_method(cfg.method)

@@ -1,0 +1,96 @@
+"""The paper's recipe with whole channels instead of single weights (``--structure channel``).
+
+1. the teacher and 2. the KD student, as in :mod:`kdprune.methods.teacher_guided`;
+3. per-weight saliency of every parameter (``teacher-guided``: ``sum_b |w * dL_total,b/dw|``; ``taylor-ce``,
+   ``magnitude`` (group L1), ``l2``, ``random`` as baselines), summed per channel over its dependency group;
+4. one global ranking, channels removed until the MACs shrink by each ``--target-macs`` factor (or
+   ``--target-params`` of the parameters go), each group keeping ``--channel-floor`` of its channels;
+5. the smaller dense model retrained plain and/or KD-guided (no masks: nothing is left to hold at zero).
+
+Rows: ``target_sparsity`` is the fraction of MACs removed (``1 - 1/factor``), ``achieved_sparsity`` the
+fraction actually removed; ``macs``, ``macs_reduction``, ``params`` give the model; ``variant`` says
+``channel``. Each retraining folder holds ``widths.json`` beside ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+
+from kdprune.distributed import barrier, synced
+from kdprune.io import read_json, write_json, write_yaml
+from kdprune.methods.context import (
+    RunContext,
+    add_cost,
+    config_dict,
+    cost_of,
+    distillation,
+    log,
+    retrain_spec,
+    score_batches,
+)
+from kdprune.pruning import structured as S
+from kdprune.train import evaluate
+from kdprune.train.stage import run_training_stage
+
+
+def targets(cfg) -> list[tuple[str, float | None, float | None]]:
+    """(label, MACs factor, parameter fraction) per target of the run."""
+    if cfg.target_params is not None:
+        return [(f"params-{cfg.target_params:g}", None, cfg.target_params)]
+    return [(f"macs-{S.parse_macs_target(t):g}x", S.parse_macs_target(t), None) for t in str(cfg.target_macs).split(",")]
+
+
+def run(ctx: RunContext) -> None:
+    cfg, env = ctx.cfg, ctx.env
+    criterion = "l1" if cfg.method == "magnitude" else cfg.method
+    teacher, t_metrics = ctx.teacher()
+    student, s_metrics = ctx.kd_student()
+    d = env.data
+    example = torch.zeros(1, d.in_channels, d.image_size, d.image_size, device=env.device)
+    t0 = time.perf_counter()
+    n_batches = score_batches(cfg, env) if criterion in ("teacher-guided", "taylor-ce") else 0
+    scores = S.saliency(student, criterion, iter(env.score_loader(cfg.seed)), teacher=teacher,
+                        objective=distillation(cfg), num_batches=n_batches or None, seed=cfg.seed)
+    score_s = time.perf_counter() - t0
+    dense_state = {k: v.clone() for k, v in student.state_dict().items()}
+    shared = add_cost(add_cost(cost_of(t_metrics), cost_of(s_metrics)), {"wall_seconds": score_s})
+    for label, factor, fraction in targets(cfg):
+        sdir = ctx.out / label
+        model = ctx.model()
+        model.load_state_dict(dense_state)
+        plan_file = sdir / "plan.json"
+        if synced(plan_file.is_file):
+            plan = S.ChannelPlan(**{k: v for k, v in read_json(plan_file).items() if k != "macs_reduction"})
+        else:
+            plan = S.plan_channels(model, example, scores, target_macs=factor, target_params=fraction,
+                                   floor=cfg.channel_floor)
+        S.prune_channels(model, example, plan)
+        widths = {"arch": cfg.arch, "widths": S.channel_widths(model)}
+        pruned_top1 = evaluate(model, env.test, cfg.amp)["top1"]
+        if env.is_main and not plan_file.is_file():
+            write_json(plan_file, plan.to_dict())
+            write_json(sdir / "widths.json", widths)
+        barrier()
+        log(env, f"{label}: MACs {plan.macs_before:,} -> {plan.macs_after:,} ({plan.macs_reduction:.2f}x), parameters "
+                 f"{plan.params_before:,} -> {plan.params_after:,}; top-1 before retraining {pruned_top1:.2f}%")
+        for regime in ctx.regimes:
+            rdir = sdir / regime
+            net = copy.deepcopy(model)
+            if env.is_main and not (rdir / "widths.json").is_file():
+                write_yaml(rdir / "config.yaml", {**config_dict(cfg), "target_macs": factor, "regime": regime})
+                write_json(rdir / "widths.json", widths)
+            m = run_training_stage(rdir, net, ctx.objective(regime), retrain_spec(cfg), cfg.retrain_epochs, env, cfg,
+                                   desc=f"retrain {label} {regime}", teacher=ctx.teacher_for(regime),
+                                   callbacks=ctx.callbacks, extra={"regime": regime, "structure": "channel"})
+            removed = 1.0 - plan.macs_after / plan.macs_before
+            m = {**m, "sparsity": {"sparsity": removed, "nonzero_params": plan.params_after,
+                                   "total_params": plan.params_before}}
+            s = 1.0 - 1.0 / factor if factor else fraction
+            ctx.record(s, regime, m, {"top1": pruned_top1}, s_metrics["top1"], t_metrics["top1"],
+                       add_cost(shared, cost_of(m)), n_batches, rdir, "channel",
+                       extra={"structure": "channel", "target_macs": factor, "macs": plan.macs_after,
+                              "macs_before": plan.macs_before, "macs_reduction": plan.macs_reduction,
+                              "params": plan.params_after})
