@@ -102,3 +102,14 @@ def test_accuracy_against_compute_names_the_cheapest_budget_near_imp(tmp_path, r
     assert "**kd, 3 ep** at 97.80%, 0.150 of IMP's images with the teacher's training counted (0.100 with a " \
            "pre-trained teacher), 0.200 of COLT's (0.133)" in md
     assert (tmp_path / "rep" / "accuracy_vs_compute_digits.png").stat().st_size > 10_000
+
+
+def test_channel_rows_are_labelled_by_their_macs_reduction(tmp_path, run_cli):
+    d = tmp_path / "ch"
+    d.mkdir()
+    rows = [_row(m, "kd", seed, 1 - 1 / f, 95.0 - f, structure="channel", target_macs=f, variant="channel")
+            for m in ("teacher-guided", "magnitude") for seed in (0, 1) for f in (2.0, 4.0)]
+    (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = run_cli("report", d, "--out", tmp_path / "rep")
+    assert code == 0, err
+    assert "| method (regime) | 2x MACs | 4x MACs |" in (tmp_path / "rep" / "results.md").read_text()

@@ -66,6 +66,17 @@ def teacher_images(row: dict) -> int:
         return 0
 
 
+def _channel_only(agg: dict, dataset: str, arch: str | None = None) -> bool:
+    """True when every result of ``dataset`` (and ``arch``) is channel pruning: levels are MACs reductions."""
+    keys = [k for k in agg if k[0] == dataset and (arch is None or k[1] == arch)]
+    return bool(keys) and all(agg[k].get("channel") for k in keys)
+
+
+def level(s: float, channel: bool) -> str:
+    """A column or tick label: ``90%`` of the weights, or ``2x`` fewer MACs for channel pruning."""
+    return f"{1 / (1 - s):.3g}x MACs" if channel else f"{s:.0%}"
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -101,6 +112,7 @@ def aggregate(rows: list[dict]) -> dict[tuple, dict]:
         out[key] = {"n": len(rs), "mean": m, "std": s, "seeds": sorted(r["seed"] for r in rs),
                     "dense": statistics.fmean(r["dense_top1"] for r in rs),
                     "teacher_images": statistics.fmean(teacher_images(r) for r in rs),
+                    "channel": all(r.get("structure") == "channel" for r in rs),
                     **{k: statistics.fmean(r.get(k) or 0 for r in rs)
                        for k in ("total_epochs", "images_fwd_bwd", "teacher_forwards", "total_wall_seconds")}}
     return out
@@ -154,7 +166,8 @@ def _markdown(agg: dict, published: dict | None = None) -> str:
         what = f"mean ± std over {n_usual} seeds" if n_usual > 1 else "one seed"
         lines += [f"## {dataset}, {arch}: top-1 (%), {what} "
                   "(n=k where a cell has another count; best per sparsity in bold)", "",
-                  "| method (regime) | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
+                  "| method (regime) | " + " | ".join(level(s, _channel_only(agg, dataset, arch)) for s in sparsities)
+                  + " |",
                   "|---|" + "---:|" * len(sparsities)]
         for sr in series:
             cells = [_cell(agg.get((dataset, arch, *sr, s)), best[s], n_usual) for s in sparsities]
@@ -339,10 +352,11 @@ def plot_accuracy(agg: dict, dataset: str, path: Path) -> None:
         ax.axhline(dense, color="black", linestyle=(0, (4, 3)), linewidth=1,
                    label=f"dense student of {ref[0][2]} ({dense:.1f}%)")
         ax.set_xticks([_density_axis(s) for s in ticks])
-        ax.set_xticklabels([f"{s:.0%}" for s in ticks])
+        ax.set_xticklabels([level(s, _channel_only(agg, dataset)) for s in ticks])
         if lo is not None:
             ax.set_ylim(lo, min(100.0, max(means) + 1.0))
-        ax.set_xlabel("sparsity (log-density axis)")
+        ax.set_xlabel("MACs reduction (channel pruning)" if _channel_only(agg, dataset) else
+                      "sparsity (log-density axis)")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(title, fontsize=12)
         ax.tick_params(labelsize=11)

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs the digits channel-pruning sweep and writes its report into docs/channels-digits/ (resumes if interrupted).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+kdprune=${KDPRUNE:-.venv/bin/kdprune}
+$kdprune sweep configs/cpu/digits-channels.yaml --jobs "${JOBS:-2}"
+$kdprune report runs/channels-digits/runs --out docs/channels-digits
