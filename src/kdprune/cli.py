@@ -80,6 +80,8 @@ def _list_methods() -> None:
 
     for m in METHODS.values():
         print(f"{m.name:16s} ({m.recipe}) {m.description}\n{'':16s} [{m.paper}]")
+    print("\nwith --structure channel (whole channels, Torch-Pruning surgery): teacher-guided (group saliency of "
+          "L_total), taylor-ce (the same with CE only), magnitude (group L1), l2, random")
 
 
 def _deploy(args: argparse.Namespace) -> int:
