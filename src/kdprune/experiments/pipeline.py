@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 
 import torch
+
 from kdprune.errors import UserError
 from kdprune.experiments.config import PruneConfig, RunConfig, TrainConfig
 from kdprune.experiments.outdir import prepare_out
@@ -25,8 +26,16 @@ from kdprune.experiments.results import format_table
 from kdprune.io import read_jsonl, save_tensors, write_json, write_text
 from kdprune.losses import CrossEntropy
 from kdprune.methods import RECIPES
+from kdprune.methods.context import (
+    RunContext,
+    build_model,
+    criterion_kwargs,
+    describe_compute,
+    distillation,
+    log,
+    result_key,
+)
 from kdprune.methods.registry import method_or_structured
-from kdprune.methods.context import RunContext, build_model, criterion_kwargs, describe_compute, log, result_key
 from kdprune.models.weights import load_weights
 from kdprune.pruning.criteria import get_criterion
 from kdprune.pruning.masks import MaskSet, sparsity_report
@@ -138,8 +147,6 @@ def prune_channels_checkpoint(cfg: PruneConfig) -> dict:
     """``kdprune prune --structure channel``: remove whole channels to the target, write the smaller model
     (``model.safetensors``) and the widths that rebuild it (``widths.json``)."""
     from kdprune.experiments.config import structured_criterion
-    from kdprune.io import write_json
-    from kdprune.losses import Distillation
     from kdprune.pruning import structured as S
 
     criterion = structured_criterion(cfg.method)
@@ -157,8 +164,7 @@ def prune_channels_checkpoint(cfg: PruneConfig) -> dict:
     t0 = time.perf_counter()
     d = env.data
     example = torch.zeros(1, d.in_channels, d.image_size, d.image_size, device=env.device)
-    objective = Distillation(cfg.alpha, cfg.temperature, cfg.kd_loss, cfg.kd_eps, cfg.kd_t_squared, std=cfg.kd_std)
-    scores = S.saliency(model, criterion, iter(env.score_loader(cfg.seed)), teacher=teacher, objective=objective,
+    scores = S.saliency(model, criterion, iter(env.score_loader(cfg.seed)), teacher=teacher, objective=distillation(cfg),
                         num_batches=cfg.score_batches or min(len(env.train), 100), seed=cfg.seed)
     plan = S.plan_channels(model, example, scores, floor=cfg.channel_floor, target_params=cfg.target_params,
                            target_macs=S.parse_macs_target(cfg.target_macs) if cfg.target_macs else None)
