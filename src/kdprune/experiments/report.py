@@ -244,7 +244,7 @@ def _cheapest_within(pts: list[tuple], margin: float = 0.5) -> str:
         best = max((p for p in pts if p[0] == "teacher-guided"), key=lambda p: p[2], default=None)
         gap = f"; its best ({best[1]}) is {ref[2] - best[2]:.2f} points below" if best else ""
         return f"No teacher-guided budget comes within {margin} points of IMP ({ref[2]:.2f}%){gap}."
-    cheap = min(ok, key=lambda p: p[4])
+    cheap = min(ok, key=lambda p: (p[4], -p[2]))  # the cheapest; among equally cheap, the most accurate
     out = (f"Cheapest teacher-guided setting within {margin} points of IMP ({ref[2]:.2f}%): **{cheap[1]}** at "
            f"{cheap[2]:.2f}%, {cheap[4] / ref[4]:.3f} of IMP's images with the teacher's training counted "
            f"({cheap[5] / ref[4]:.3f} with a pre-trained teacher)")
@@ -316,6 +316,15 @@ def _colors(methods) -> dict[str, tuple]:
     return {m: palette[i % len(palette)] for i, m in enumerate(ordered)}
 
 
+def _variant_look(label: str, marker: str) -> tuple[str, float]:
+    """Retraining schedules of one method apart: finetune faint crosses, lr-rewind diamonds, restart as is."""
+    if "finetune" in label:
+        return "x", 0.45
+    if "lr-rewind" in label:
+        return "D", 0.7
+    return marker, 1.0
+
+
 def _style(regime: str) -> tuple[str, str]:
     return _REGIME_STYLE.get(regime.split(",")[0], ("-.", "D"))
 
@@ -345,10 +354,11 @@ def plot_accuracy(agg: dict, dataset: str, path: Path) -> None:
         for arch, method, regime in series:
             pts = sorted((k[4], agg[k]) for k in keys if k[1:4] == (arch, method, regime))
             ls, marker = _style(regime)
+            marker, alpha = _variant_look(regime, marker)
             ax.errorbar([_density_axis(s) for s, _ in pts], [c["mean"] for _, c in pts],
                         yerr=[c["std"] for _, c in pts], color=colors[method], linestyle=ls, marker=marker,
                         markersize=5, capsize=3, linewidth=2.4 if method == "teacher-guided" else 1.5,
-                        label=f"{method} ({regime})")
+                        alpha=alpha, label=f"{method} ({regime})")
         ax.axhline(dense, color="black", linestyle=(0, (4, 3)), linewidth=1,
                    label=f"dense student of {ref[0][2]} ({dense:.1f}%)")
         ax.set_xticks([_density_axis(s) for s in ticks])
