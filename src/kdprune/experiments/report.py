@@ -179,11 +179,12 @@ def _markdown(agg: dict, published: dict | None = None) -> str:
         ref_series = next((sr for sr in series if sr[0] == "teacher-guided"), series[0])
         ref = {s: agg[(dataset, arch, *ref_series, s)]["images_fwd_bwd"] for s in ours
                if (dataset, arch, *ref_series, s) in agg}
+        ch = _channel_only(agg, dataset, arch)
         lines += ["", f"### {dataset}, {arch}: compute (means over seeds)", "",
                   f"Epochs, images through forward+backward, teacher forwards and wall seconds to reach the "
-                  f"highest sparsity ({ours[-1]:.0%}; one-shot methods pay the same at every level, iterative "
+                  f"highest level ({level(ours[-1], ch)}; one-shot methods pay the same at every level, iterative "
                   f"ones pay per round); then images relative to {ref_series[0]} ({ref_series[1]}) at each "
-                  f"sparsity ({', '.join(f'{s:.0%}' for s in ours)}).", "",
+                  f"level ({', '.join(level(s, ch) for s in ours)}).", "",
                   "| method (regime) | epochs | images fwd+bwd | teacher forwards | wall s | "
                   f"images / {ref_series[0]} ({ref_series[1]}) |",
                   "|---|---:|---:|---:|---:|---:|"]
@@ -346,7 +347,8 @@ def plot_accuracy(agg: dict, dataset: str, path: Path) -> None:
     zoom_lo = math.floor(max(min(means), dense - 6.0))
     panels = [(None, "all methods")] + ([(zoom_lo, f"zoom: {zoom_lo}% and up")] if min(means) < zoom_lo else [])
     n_series = len(series) + 1
-    legend_rows = math.ceil(n_series / 4)
+    ncol = 4 if len(panels) > 1 else 2
+    legend_rows = math.ceil(n_series / ncol)
     fig = plt.figure(figsize=(6.5 * len(panels), 5.5 + 0.3 * legend_rows))
     axes = [fig.subplots(1, len(panels), squeeze=False)[0]]
     ticks = sorted({k[4] for k in keys})
@@ -372,11 +374,12 @@ def plot_accuracy(agg: dict, dataset: str, path: Path) -> None:
         ax.tick_params(labelsize=11)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    bottom = (0.21 * legend_rows + 0.4) / fig.get_figheight()
-    fig.legend(handles, labels, loc="lower center", ncol=4 if len(panels) > 1 else 2, fontsize=10, frameon=False,
+    bottom = (0.21 * legend_rows + 0.75) / fig.get_figheight()
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=10, frameon=False,
                title="method (regime); line: plain solid, kd dashed, sd dotted", title_fontsize=10)
     many = max(agg[k]["n"] for k in keys) > 1
-    fig.suptitle(f"{dataset}: accuracy vs sparsity" + (" (mean ± std over seeds)" if many else " (one seed)"),
+    what = "MACs reduction" if _channel_only(agg, dataset) else "sparsity"
+    fig.suptitle(f"{dataset}: accuracy vs {what}" + (" (mean ± std over seeds)" if many else " (one seed)"),
                  fontsize=14)
     fig.tight_layout(rect=(0, bottom, 1, 1))
     _savefig(fig, path)
