@@ -53,6 +53,8 @@ def main() -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        # no spin-waiting after a run: it would steal the cores from the PyTorch timings interleaved with it
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if args.threads:
             opts.intra_op_num_threads = args.threads
         for name, m in models.items():
