@@ -1,7 +1,8 @@
 """CPU (and CUDA, where there is one) latency of channel-pruned models against the dense one.
 
 ResNet-20 at 32x32 (CIFAR-sized), channels removed with ``kdprune.prune_channels`` to 2x and 4x fewer
-MACs (group L1 magnitude: latency depends on the widths, not on which importance chose them), then each
+MACs (group L1 magnitude: latency depends on the widths, not on which importance chose them), with widths
+as they fall and rounded to multiples of 8 ("2x/8", ``--channel-round 8``), then each
 model timed in PyTorch eager and in ONNX Runtime (CPU), at batch 1 and batch 64, interleaved so machine
 drift hits all alike. Prints median latencies and the speed-up of each pruned model over the dense one
 on the same path and batch, measured in this one run.
@@ -41,9 +42,10 @@ def main() -> None:
     shape = (3, args.size, args.size)
     models = {"dense": dense}
     for factor in (2, 4):
-        m = copy.deepcopy(dense)
-        kdprune.prune_channels(m, criterion="l1", target_macs=factor, input_shape=shape)
-        models[f"{factor}x"] = m.eval()
+        for round_to in (1, 8):  # widths as they fall, or multiples of 8 (kdprune --channel-round 8)
+            m = copy.deepcopy(dense)
+            kdprune.prune_channels(m, criterion="l1", target_macs=factor, input_shape=shape, round_to=round_to)
+            models[f"{factor}x" + ("/8" if round_to > 1 else "")] = m.eval()
     x1 = torch.randn(1, *shape)
     for name, m in models.items():
         print(f"{name:6s} MACs {count_macs(m, x1):>12,}  parameters {count_params(m):>9,}")

@@ -147,3 +147,13 @@ def test_run_channel_recipe_end_to_end(tmp_path, run_cli, method):
         assert r["target_sparsity"] == pytest.approx(1 - 1 / r["target_macs"])
         assert (Path(r["out"]) / "widths.json").is_file()
     assert run_cli("export", out / "macs-4x" / "kd", "--format", "onnx")[0] == 0
+
+
+def test_channel_rounding_keeps_multiples_and_still_reaches_the_target():
+    torch.manual_seed(8)
+    model = create_model("resnet20", 10, 3).eval()
+    plan = kdprune.prune_channels(model, criterion="l2", target_macs=2, input_shape=(3, 16, 16), round_to=8)
+    assert 2.0 <= plan.macs_reduction <= 2.1
+    for name, w in S.channel_widths(model).items():
+        if w["type"] == "conv2d" and name != "conv1":
+            assert w["out"] % 8 == 0, (name, w)

@@ -193,14 +193,16 @@ def export(model: nn.Module, path: str | Path, *, format: str = "dense", input_s
 
 def prune_channels(model: nn.Module, data=None, *, target_macs: float | str | None = None,
                    target_params: float | None = None, criterion: str = "teacher-guided",
-                   teacher: nn.Module | None = None, floor: float = 0.1, num_batches: int | None = None,
+                   teacher: nn.Module | None = None, floor: float = 0.1, round_to: int = 1,
+                   num_batches: int | None = None,
                    input_shape: tuple | None = None, alpha: float = 0.9, temperature: float = 4.0,
                    kd_loss: str = "ca-kld", kd_std: str = "population", seed: int = 0):
     """Structured pruning, in place: remove whole channels of ``model`` until its MACs shrink by
     ``target_macs`` (2 or "2x") or ``target_params`` of its parameters are gone. Group importance is the
     ``criterion``'s per-weight saliency summed over every weight a channel's removal deletes
     (``teacher-guided``: ``sum_b |w * dL_total,b/dw|``; ``taylor-ce``; ``l1``; ``l2``; ``random``); one global
-    ranking; each group keeps ``floor`` of its channels; the first conv and the classifier stay whole.
+    ranking; each group keeps ``floor`` of its channels (and, with ``round_to`` > 1, a multiple of it); the
+    first conv and the classifier stay whole.
     Returns the plan (removed channels, MACs and parameters before and after); the model is then a plain,
     smaller dense module: retrain it with ``retrain(model, None, ...)``, save ``channel_widths(model)``
     to rebuild it (:func:`kdprune.pruning.structured.apply_widths`)."""
@@ -220,7 +222,7 @@ def prune_channels(model: nn.Module, data=None, *, target_macs: float | str | No
     scores = S.saliency(model, crit, iter(data) if data is not None else None, teacher=_freeze(teacher),
                         objective=Distillation(alpha, temperature, kd_loss, std=kd_std),
                         num_batches=num_batches or (min(len(data), 100) if data is not None else None), seed=seed)
-    plan = S.plan_channels(model, example, scores, floor=floor, target_params=target_params,
+    plan = S.plan_channels(model, example, scores, floor=floor, round_to=round_to, target_params=target_params,
                            target_macs=S.parse_macs_target(target_macs) if target_macs is not None else None)
     S.prune_channels(model, example, plan)
     return plan

@@ -87,6 +87,8 @@ class PruneOptions:
     target_params: float | None = _f(None, "channel: remove this fraction of the parameters instead", neutral=None)
     channel_floor: float = _f(0.1, "channel: every dependency group keeps at least this fraction of its channels",
                               neutral=0.1)
+    channel_round: int = _f(1, "channel: every group keeps a multiple of this many channels (e.g. 8; faster "
+                               "kernels); 1 = no rounding", neutral=1)
     score_rounds: int = _f(1, "progressive scoring: reach each sparsity in R score->mask steps on an exponential "
                               "schedule, re-scoring the masked student (1 = the paper's one-shot)", neutral=1)
     layer_floor: float = _f(0.0, "keep at least this fraction of every layer (0 = none, the paper's)", neutral=0.0)
@@ -266,6 +268,8 @@ def _validate_channel(cfg) -> None:
             parse_macs_target(t)
     if cfg.target_params is not None and not 0.0 < cfg.target_params < 1.0:
         raise UserError(f"target_params: a fraction of the parameters to remove in (0, 1), got {cfg.target_params}")
+    if cfg.channel_round < 1:
+        raise UserError(f"channel_round: must be at least 1, got {cfg.channel_round}")
     if not 0.0 <= cfg.channel_floor < 1.0:
         raise UserError(f"channel_floor: must lie in [0, 1), got {cfg.channel_floor}")
     if structured_criterion(cfg.method) not in STRUCTURED_CRITERIA:

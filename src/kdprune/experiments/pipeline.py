@@ -166,7 +166,7 @@ def prune_channels_checkpoint(cfg: PruneConfig) -> dict:
     example = torch.zeros(1, d.in_channels, d.image_size, d.image_size, device=env.device)
     scores = S.saliency(model, criterion, iter(env.score_loader(cfg.seed)), teacher=teacher, objective=distillation(cfg),
                         num_batches=cfg.score_batches or min(len(env.train), 100), seed=cfg.seed)
-    plan = S.plan_channels(model, example, scores, floor=cfg.channel_floor, target_params=cfg.target_params,
+    plan = S.plan_channels(model, example, scores, floor=cfg.channel_floor, round_to=cfg.channel_round, target_params=cfg.target_params,
                            target_macs=S.parse_macs_target(cfg.target_macs) if cfg.target_macs else None)
     S.prune_channels(model, example, plan)
     top1 = evaluate(model, env.test, cfg.amp)["top1"]

@@ -66,7 +66,7 @@ def run(ctx: RunContext) -> None:
             plan = S.ChannelPlan(**{k: v for k, v in read_json(plan_file).items() if k != "macs_reduction"})
         else:
             plan = S.plan_channels(model, example, scores, target_macs=factor, target_params=fraction,
-                                   floor=cfg.channel_floor)
+                                   floor=cfg.channel_floor, round_to=cfg.channel_round)
         S.prune_channels(model, example, plan)
         widths = {"arch": cfg.arch, "widths": S.channel_widths(model)}
         pruned_top1 = evaluate(model, env.test, cfg.amp)["top1"]

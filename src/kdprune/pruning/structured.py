@@ -215,12 +215,16 @@ def _apply(model: nn.Module, example_input: torch.Tensor, removals: dict[str, li
 
 def plan_channels(model: nn.Module, example_input: torch.Tensor, scores: dict[str, torch.Tensor], *,
                   target_macs: float | None = None, target_params: float | None = None,
-                  floor: float = 0.1) -> ChannelPlan:
+                  floor: float = 0.1, round_to: int = 1) -> ChannelPlan:
     """One global ranking of channels by group saliency, cut where the target is first reached.
 
     ``target_macs``: the MACs must shrink by this factor (> 1). ``target_params``: this fraction of the
     parameters must go (0 < f < 1). ``floor``: every group keeps at least this fraction of its channels.
+    ``round_to`` > 1 (an option): every group keeps a multiple of it (or all its channels), putting back its
+    most important removed channels; CPU and GPU kernels run such widths faster.
     """
+    if round_to < 1:
+        raise UserError(f"channel round: must be at least 1, got {round_to}")
     if (target_macs is None) == (target_params is None):
         raise UserError("give exactly one target: target_macs (e.g. 2 for 2x) or target_params (a fraction)")
     if target_params is not None and not 0.0 < target_params < 1.0:
@@ -249,11 +253,18 @@ def plan_channels(model: nn.Module, example_input: torch.Tensor, scores: dict[st
             budget[root] -= 1
     macs0, params0 = count_macs(model, example_input), count_params(model)
 
+    sizes = {r: sum(1 for c in candidates if c[3] == r) for r in keep_min}
+
     def pruned(k: int) -> tuple[dict, nn.Module]:
         rem: dict[str, list[int]] = {}
-        for root, c in order[:k]:
+        for root, c in order[:k]:  # ascending importance
             rem.setdefault(root, []).append(c)
-        rem = {r: sorted(v) for r, v in rem.items()}
+        if round_to > 1:  # give back the most important removed channels up to a multiple of round_to
+            for r, chans in rem.items():
+                kept = sizes[r] - len(chans)
+                want = min(sizes[r], math.ceil(kept / round_to) * round_to)
+                rem[r] = chans[:len(chans) - (want - kept)]
+        rem = {r: sorted(v) for r, v in rem.items() if v}
         return rem, _apply(copy.deepcopy(model), example_input, rem)
 
     def reached(m: nn.Module) -> bool:
