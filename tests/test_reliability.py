@@ -171,3 +171,15 @@ def test_atomic_writes_leave_no_temporary_and_the_usual_mode(tmp_path):
     write_text(tmp_path / "a.md", "x")
     assert [p.name for p in tmp_path.iterdir()] == ["a.md"]
     assert (tmp_path / "a.md").stat().st_mode & 0o777 == 0o666 & ~old  # not mkstemp's 0600
+
+
+def test_resume_removes_the_temporaries_a_kill_left(tmp_path, run_cli):
+    """kill -9 between writing a temporary and renaming it leaves the temporary; --resume removes it."""
+    out = tmp_path / "r"
+    args = ["run", *TINY_RUN, "--sparsity", "0.5", "--retrain", "plain", "--out", out]
+    assert run_cli(*args)[0] == 0
+    for f in (out / ".results.jsonl.abc123.tmp", out / "student" / ".checkpoint.pt.sha256.x1y2z3.tmp"):
+        f.write_text("half")
+    code, _, err = run_cli(*args, "--resume")
+    assert code == 0, err
+    assert not list(out.rglob("*.tmp")) and (out / "results.jsonl").is_file()

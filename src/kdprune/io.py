@@ -44,6 +44,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_stale_temps(folder: str | os.PathLike, recursive: bool = False) -> int:
+    """Delete the temporary files :func:`atomic_path` leaves when its process is killed (``kill -9``)
+    between writing and renaming; call it only on a folder no other process is writing. Returns the count."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    stale = [f for f in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")) if f.is_file()]
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return len(stale)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -7,7 +7,7 @@ from pathlib import Path
 from kdprune import __version__, distributed
 from kdprune.errors import UserError
 from kdprune.experiments.config import to_dict
-from kdprune.io import write_yaml
+from kdprune.io import remove_stale_temps, write_yaml
 
 # Keys that may change between an interrupted run and its resumption.
 _RESUMABLE_KEYS = {"resume", "progress", "device"}
@@ -29,6 +29,9 @@ def prepare_out(cfg, command: str, is_main: bool = True) -> Path:
         for k, v in resolved.items():
             if k not in _RESUMABLE_KEYS and k != "kdprune_version" and old.get(k) != v:
                 raise UserError(f"cannot resume {out}: {k} was {old.get(k)!r}, now {v!r}")
+        if is_main:  # this run's folder is ours: what a killed write left half-done goes
+            remove_stale_temps(out, recursive=True)
+        distributed.barrier()
         return out
     error = None
     if is_main:  # rank 0 creates the folder; every rank gets its verdict, so none waits for a dead rank 0

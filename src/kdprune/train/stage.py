@@ -17,7 +17,7 @@ import torch.nn as nn
 from kdprune import distributed
 from kdprune.data import ImageDataset, TensorLoader, load_dataset
 from kdprune.errors import UserError
-from kdprune.io import read_json, save_tensors, write_json
+from kdprune.io import read_json, remove_stale_temps, save_tensors, write_json
 from kdprune.losses import Objective
 from kdprune.models.weights import read_state_dict
 from kdprune.pruning.masks import MaskSet, sparsity_report
@@ -121,6 +121,8 @@ def run_training_stage(
 ) -> dict:
     """Train ``model`` in ``stage_dir`` (or load it if that stage finished); returns the stage metrics."""
     plain = unwrap(model)
+    if env.is_main:  # a killed run's half-written temporaries (never a finished file) go first
+        remove_stale_temps(stage_dir)
     if distributed.synced(lambda: is_finished(stage_dir)):
         plain.load_state_dict(read_state_dict(stage_dir / "model.safetensors"))
         if masks is not None:
