@@ -105,23 +105,18 @@ def mask(scores: dict[str, torch.Tensor], sparsity: float, *, scope: str = "glob
 
 
 def progressive_mask(model: nn.Module, data, sparsity: float, *, rounds: int, scope: str = "global",
-                     layer_floor: float = 0.0, score_norm: str = "none", **score_options) -> MaskSet:
+                     layer_floor: float = 0.0, score_norm: str = "none", first_scores: dict | None = None,
+                     **score_options) -> MaskSet:
     """Progressive scoring (an option, not the paper's): reach ``sparsity`` in ``rounds`` score -> mask
     steps on an exponential schedule, re-scoring ``model`` with the current mask applied, no training in
     between. ``rounds=1`` is ``mask(score(model, data, ...), sparsity)``. ``model`` is left unchanged."""
-    from kdprune.pruning.progressive import progressive_masks
+    from kdprune.pruning.progressive import progressive_masks, rescoring
 
     if rounds < 1:
         raise UserError(f"rounds: must be at least 1, got {rounds}")
     check_sparsity(sparsity)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-
-    def score_masked(masks):
-        model.load_state_dict(state)
-        if masks is not None:
-            MaskSet(masks).bind(model).apply_()
-        return score(model, data, **score_options)
-
+    score_masked = rescoring(model, state, lambda: score(model, data, **score_options), first_scores)
     try:
         return MaskSet(progressive_masks(score_masked, sparsity, rounds, scope, layer_floor=layer_floor,
                                          score_norm=score_norm))
@@ -266,7 +261,7 @@ def prune(student: nn.Module, teacher: nn.Module | None, train_data, sparsity: f
     scores = score(student, train_data, **options)
     if score_rounds > 1:
         masks = progressive_mask(student, train_data, sparsity, rounds=score_rounds, scope=scope,
-                                 layer_floor=layer_floor, score_norm=score_norm, **options)
+                                 layer_floor=layer_floor, score_norm=score_norm, first_scores=scores, **options)
     else:
         masks = mask(scores, sparsity, scope=scope, layer_floor=layer_floor, score_norm=score_norm)
     masks.bind(student)

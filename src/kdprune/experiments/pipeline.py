@@ -39,7 +39,7 @@ from kdprune.methods.registry import method_or_structured
 from kdprune.models.weights import load_weights
 from kdprune.pruning.criteria import get_criterion
 from kdprune.pruning.masks import MaskSet, sparsity_report
-from kdprune.pruning.progressive import progressive_masks
+from kdprune.pruning.progressive import progressive_masks, rescoring
 from kdprune.pruning.prunable import prunable_parameters
 from kdprune.train import evaluate
 from kdprune.train.stage import make_env, optim_spec, run_training_stage
@@ -87,13 +87,7 @@ def prune_checkpoint(cfg: PruneConfig) -> dict:
         keep = crit.masks_for(model, params, batches(), cfg.sparsity, cfg.scope, **kwargs)
     else:
         dense_state = {k: v.clone() for k, v in model.state_dict().items()}
-
-        def score_masked(masks):  # the dense model, or with ``masks`` applied (progressive rounds)
-            model.load_state_dict(dense_state)
-            if masks is not None:
-                MaskSet(masks).bind(model).apply_()
-            return crit.score(model, params, batches(), **kwargs)
-
+        score_masked = rescoring(model, dense_state, lambda: crit.score(model, params, batches(), **kwargs))
         keep = progressive_masks(score_masked, cfg.sparsity, cfg.score_rounds, cfg.scope,
                                  layer_floor=cfg.layer_floor, score_norm=cfg.score_norm)
         model.load_state_dict(dense_state)

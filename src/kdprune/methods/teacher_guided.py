@@ -99,7 +99,7 @@ def progressive(ctx: RunContext, criterion: Criterion, student, dense_state: dic
     """``--score-rounds R``: the mask at ``sparsity`` reached in R score->mask steps, each re-scoring the
     masked student (no training); kept in ``sparsity-S/masks-progressive.safetensors``. Returns the masks
     and the scoring cost beyond the first round's (which ``score_student`` already paid)."""
-    from kdprune.pruning.progressive import progressive_masks
+    from kdprune.pruning.progressive import progressive_masks, rescoring
 
     cfg, env = ctx.cfg, ctx.env
     sdir = sparsity_dir(ctx.out, sparsity)
@@ -108,14 +108,8 @@ def progressive(ctx: RunContext, criterion: Criterion, student, dense_state: dic
         return MaskSet.load(mask_file), read_json(info_file)
     t0 = time.perf_counter()
 
-    def score_masked(masks):
-        if masks is None:
-            return first_scores
-        student.load_state_dict(dense_state)
-        MaskSet(masks).bind(student).apply_()
-        return criterion.score(student, params, iter(env.score_loader(cfg.seed)) if criterion.needs_data else None,
-                               **kwargs)
-
+    score_masked = rescoring(student, dense_state, lambda: criterion.score(
+        student, params, iter(env.score_loader(cfg.seed)) if criterion.needs_data else None, **kwargs), first_scores)
     masks = MaskSet(progressive_masks(score_masked, sparsity, cfg.score_rounds, cfg.scope, layer_floor=cfg.layer_floor,
                                       score_norm=cfg.score_norm))
     student.load_state_dict(dense_state)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn as nn
 
 from kdprune.pruning.threshold import normalize_scores, prune_masks
 
@@ -33,3 +34,21 @@ def progressive_masks(score_masked: Callable[[dict[str, torch.Tensor] | None], d
                       for n, v in scores.items()}
         masks = prune_masks(scores, s_k, scope, layer_floor=layer_floor)
     return masks
+
+
+def rescoring(model: nn.Module, dense_state: dict, score: Callable[[], dict[str, torch.Tensor]],
+              first: dict[str, torch.Tensor] | None = None) -> Callable:
+    """The ``score_masked`` of :func:`progressive_masks` for ``model``: restore ``dense_state``, apply the
+    masks (none in round 1, where ``first``, the dense model's scores when already computed, is reused),
+    then ``score()``. Restore ``dense_state`` once the masks are built."""
+    from kdprune.pruning.masks import MaskSet
+
+    def score_masked(masks):
+        if masks is None and first is not None:
+            return first
+        model.load_state_dict(dense_state)
+        if masks is not None:
+            MaskSet(masks).bind(model).apply_()
+        return score()
+
+    return score_masked

@@ -255,37 +255,43 @@ def plan_channels(model: nn.Module, example_input: torch.Tensor, scores: dict[st
 
     sizes = {r: sum(1 for c in candidates if c[3] == r) for r in keep_min}
 
-    def pruned(k: int) -> tuple[dict, nn.Module]:
-        rem: dict[str, list[int]] = {}
-        for root, c in order[:k]:  # ascending importance
-            rem.setdefault(root, []).append(c)
-        if round_to > 1:  # give back the most important removed channels up to a multiple of round_to
-            for r, chans in rem.items():
-                kept = sizes[r] - len(chans)
-                want = min(sizes[r], math.ceil(kept / round_to) * round_to)
-                rem[r] = chans[:len(chans) - (want - kept)]
-        rem = {r: sorted(v) for r, v in rem.items() if v}
-        return rem, _apply(copy.deepcopy(model), example_input, rem)
+    counted: dict[int, tuple[dict, int, int]] = {}
 
-    def reached(m: nn.Module) -> bool:
+    def cut(k: int) -> tuple[dict, int, int]:
+        """The removals of the ``k`` lowest channels, with the pruned model's MACs and parameters."""
+        if k not in counted:
+            rem: dict[str, list[int]] = {}
+            for root, c in order[:k]:  # ascending importance
+                rem.setdefault(root, []).append(c)
+            if round_to > 1:  # give back the most important removed channels up to a multiple of round_to
+                for r, chans in rem.items():
+                    kept = sizes[r] - len(chans)
+                    want = min(sizes[r], math.ceil(kept / round_to) * round_to)
+                    rem[r] = chans[:len(chans) - (want - kept)]
+            rem = {r: sorted(v) for r, v in rem.items() if v}
+            m = _apply(copy.deepcopy(model), example_input, rem)
+            counted[k] = (rem, count_macs(m, example_input), count_params(m))
+        return counted[k]
+
+    def reached(k: int) -> bool:
+        _, macs, params = cut(k)
         if target_macs is not None:
-            return count_macs(m, example_input) * target_macs <= macs0 * (1 + 1e-9)
-        return count_params(m) <= (1.0 - target_params) * params0
+            return macs * target_macs <= macs0 * (1 + 1e-9)
+        return params <= (1.0 - target_params) * params0
 
-    rem, m = pruned(len(order))
-    if not reached(m):
-        got = macs0 / max(count_macs(m, example_input), 1)
+    if not reached(len(order)):
+        _, macs, params = cut(len(order))
         raise UserError(f"the target is unreachable with a channel floor of {floor:g}: removing every other channel "
-                        f"reaches {got:.2f}x MACs and {1 - count_params(m) / params0:.1%} of the parameters")
+                        f"reaches {macs0 / max(macs, 1):.2f}x MACs and {1 - params / params0:.1%} of the parameters")
     lo, hi = 0, len(order)  # smallest k that reaches the target
     while lo < hi:
         mid = (lo + hi) // 2
-        if reached(pruned(mid)[1]):
+        if reached(mid):
             hi = mid
         else:
             lo = mid + 1
-    rem, m = pruned(lo)
-    return ChannelPlan(rem, macs0, count_macs(m, example_input), params0, count_params(m))
+    rem, macs, params = cut(lo)
+    return ChannelPlan(rem, macs0, macs, params0, params)
 
 
 def prune_channels(model: nn.Module, example_input: torch.Tensor, plan: ChannelPlan) -> nn.Module:
