@@ -135,3 +135,27 @@ def test_run_with_mismatched_teacher_checkpoint_writes_nothing(tmp_path, run_cli
     code, _, err = run_cli("run", "--teacher-checkpoint", tmp_path / "t.safetensors", "--teacher-arch", "resnet56",
                            "--out", tmp_path / "out")
     assert code == 2 and "does not match resnet56" in err and not (tmp_path / "out").exists()
+
+
+def test_resume_accepts_a_run_written_before_an_option_existed(tmp_path):
+    """A run folder from before an option existed resumes while the option holds its neutral value (the
+    behaviour the old run had) and is refused once the option changes what the run does."""
+    from dataclasses import replace
+
+    import yaml
+
+    from kdprune.errors import UserError
+    from kdprune.experiments.config import RunConfig
+    from kdprune.experiments.outdir import prepare_out
+
+    cfg = RunConfig(out=str(tmp_path / "r"))
+    prepare_out(cfg, "run")
+    saved = tmp_path / "r" / "config.yaml"
+    old = yaml.safe_load(saved.read_text())
+    del old["structure"], old["layer_floor"]  # as written by a version without these options
+    saved.write_text(yaml.safe_dump(old))
+    prepare_out(replace(cfg, resume=True), "run")
+    with pytest.raises(UserError, match="layer_floor was 0.0, now 0.05"):
+        prepare_out(replace(cfg, resume=True, layer_floor=0.05), "run")
+    with pytest.raises(UserError, match="seed was 0, now 1"):
+        prepare_out(replace(cfg, resume=True, seed=1), "run")

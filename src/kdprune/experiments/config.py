@@ -359,6 +359,11 @@ def _recipe(cfg) -> str | None:
     return m.recipe if m else None
 
 
+def neutral_values(cfg) -> dict:
+    """``{field: neutral value}`` for the options added after runs existed (see :func:`identity`)."""
+    return {f_.name: f_.metadata["neutral"] for f_ in fields(cfg) if "neutral" in f_.metadata}
+
+
 def identity(cfg, keys=None) -> dict:
     """The fields that identify a run (or, with ``keys``, a shared stage) for hashing. An option added after
     runs existed declares ``neutral``, the value that behaves as before it existed; it is left out while it

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from kdprune import __version__, distributed
 from kdprune.errors import UserError
-from kdprune.experiments.config import to_dict
+from kdprune.experiments.config import neutral_values, to_dict
 from kdprune.io import remove_stale_temps, write_yaml
 
 # Keys that may change between an interrupted run and its resumption.
@@ -26,6 +26,8 @@ def prepare_out(cfg, command: str, is_main: bool = True) -> Path:
         import yaml
 
         old = yaml.safe_load(saved.read_text()) or {}
+        # a run written before an option existed behaved as that option's neutral value
+        old = {**{k: v for k, v in neutral_values(cfg).items() if k not in old}, **old}
         for k, v in resolved.items():
             if k not in _RESUMABLE_KEYS and k != "kdprune_version" and old.get(k) != v:
                 raise UserError(f"cannot resume {out}: {k} was {old.get(k)!r}, now {v!r}")
