@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 import kdprune
 from kdprune.errors import UserError
@@ -134,19 +135,65 @@ def test_bad_channel_options_are_one_line(tmp_path, run_cli, args, message):
 @pytest.mark.parametrize("method", ["teacher-guided", "taylor-ce"])
 def test_run_channel_recipe_end_to_end(tmp_path, run_cli, method):
     from conftest import TINY_RUN
+    from kdprune.experiments.report import aggregate
+    from kdprune.pruning.prunable import prunable_parameters
 
-    out = tmp_path / "r"
+    out = tmp_path / "run"
+    twin = ["--channel-twin"] if method == "teacher-guided" else []
     code, stdout, err = run_cli("run", "--structure", "channel", "--method", method, "--target-macs", "2x,4x",
-                                "--out", out, *TINY_RUN)
+                                "--out", out, *twin, *TINY_RUN)
     assert code == 0, err
     rows = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
-    assert [(r["target_macs"], r["regime"]) for r in rows] == [(2.0, "plain"), (2.0, "kd"), (4.0, "plain"), (4.0, "kd")]
-    for r in rows:
-        assert r["variant"] == "channel" and r["macs_reduction"] >= r["target_macs"]
+    channel = [r for r in rows if r["variant"] == "channel"]
+    assert [(r["target_macs"], r["regime"]) for r in channel] == [(2.0, "plain"), (2.0, "kd"), (4.0, "plain"), (4.0, "kd")]
+    for r in channel:
+        assert r["macs_reduction"] >= r["target_macs"]
         assert r["macs_reduction"] <= r["target_macs"] * 1.05 and r["params"] < 272_186
         assert r["target_sparsity"] == pytest.approx(1 - 1 / r["target_macs"])
         assert (Path(r["out"]) / "widths.json").is_file()
     assert run_cli("export", out / "macs-4x" / "kd", "--format", "onnx")[0] == 0
+    twins = [r for r in rows if r["variant"] != "channel"]
+    if not twin:
+        assert not twins and "--channel-twin" not in (out / "config.yaml").read_text()
+        return
+    # --channel-twin: per target and regime, the unstructured model with the channel model's parameter count
+    assert [(r["target_macs"], r["regime"], r["variant"]) for r in twins] == [
+        (f, g, "unstructured, same params") for f in (2.0, 4.0) for g in ("plain", "kd")]
+    dense = create_model("resnet20", 10, 1)
+    prunable = sum(p.numel() for p in prunable_parameters(dense).values())
+    fixed = sum(p.numel() for p in dense.parameters()) - prunable
+    for t, c in zip(twins, channel):
+        state = load_file(str(Path(t["out"]) / "model.safetensors"))
+        masks = load_file(str(Path(t["out"]) / "masks.safetensors"))
+        kept = sum(int(m.sum()) for m in masks.values())
+        assert all(torch.count_nonzero(state[k][m == 0]) == 0 for k, m in masks.items())
+        assert kept + fixed == pytest.approx(c["params"], abs=1) and t["params"] == c["params"]
+        assert t["target_sparsity"] == c["target_sparsity"]
+    # the report sets the twins in the channel table, at the channel model's MACs column
+    labels = {k[3] for k in aggregate(rows)}
+    assert labels == {"plain, channel", "kd, channel", "plain, unstructured, same params", "kd, unstructured, same params"}
+    assert all(v["channel"] for v in aggregate(rows).values())
+    # --latency: every model timed once against its dense one; a twin is the dense architecture (speed-up 1)
+    code, stdout, err = run_cli("report", out, "--out", tmp_path / "rep", "--latency", "8")
+    assert code == 0, err
+    assert (tmp_path / "rep" / "accuracy_vs_latency_digits.png").stat().st_size > 10_000
+    section = stdout.split("accuracy against measured latency")[1]
+    assert "PyTorch eager, batch 8" in section
+    table = [l.split(" | ") for l in section.splitlines() if l.startswith("| teacher-guided")]
+    assert len(table) == 8 and all(l[-1] == "1.00x |" for l in table if "unstructured" in l[0])
+    assert all(l[1] in ("2x MACs", "4x MACs") for l in table)
+    assert run_cli("report", out, "--out", tmp_path / "rep2", "--latency", "0")[0] == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--channel-twin"], "--channel-twin goes with --structure channel"),
+    (["--channel-twin", "--structure", "channel", "--target-macs", "2x", "--method", "taylor-ce"],
+     "--channel-twin needs an unstructured criterion"),
+])
+def test_bad_twin_options_are_one_line(tmp_path, run_cli, args, message):
+    code, _, err = run_cli("run", "--out", tmp_path / "x", *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "x").exists()
 
 
 def test_channel_rounding_keeps_multiples_and_still_reaches_the_target():

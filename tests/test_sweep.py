@@ -68,9 +68,20 @@ def test_sweep_runs_shares_stages_and_rerun_skips(tmp_path, run_cli):
     (tmp_path / "out" / "results.sqlite").write_text("not a database\n")
     code, out, err = run_cli("sweep", f)
     assert code == 0, err
-    assert "is not a readable results store" in out and "Traceback" not in err
+    assert "is not a results store this version reads" in out and "Traceback" not in err
     assert sorted(_rows(tmp_path)) == before
     assert len(list((tmp_path / "out").glob("results.sqlite.unreadable-*"))) == 1
+    # so is a store of the layout before rows were keyed by variant (it would drop rows that differ only there)
+    (tmp_path / "out" / "results.sqlite").unlink()
+    con = sqlite3.connect(str(tmp_path / "out" / "results.sqlite"))
+    con.execute("CREATE TABLE results (run TEXT NOT NULL, target_sparsity REAL NOT NULL, regime TEXT NOT NULL, "
+                "method TEXT, dataset TEXT, arch TEXT, seed INTEGER, top1 REAL, row TEXT NOT NULL, "
+                "PRIMARY KEY (run, target_sparsity, regime))")
+    con.commit()
+    con.close()
+    code, out, err = run_cli("sweep", f)
+    assert code == 0 and "is not a results store this version reads" in out, err
+    assert sorted(_rows(tmp_path)) == before
 
 
 def _sweep_proc(f, *extra):

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", required=True, help="folder for results.csv, results.md and the PNGs")
     rp.add_argument("--published", default=None, metavar="FILE.yaml",
                     help="published numbers to print beside ours: dataset: {method: {sparsity: top1}}")
+    rp.add_argument("--latency", nargs="?", type=int, const=64, default=None, metavar="BATCH",
+                    help="channel pruning: also time every pruned model against the dense one on this machine "
+                         "(PyTorch eager, batch BATCH, default 64; --threads applies) and plot accuracy vs latency")
     sub.add_parser("models", help="list the architectures")
     sub.add_parser("methods", help="list the pruning methods")
     return p
@@ -115,7 +118,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "report":
         from kdprune.experiments.report import write_report
 
-        r = write_report(args.runs, args.out, args.published)
+        if args.latency is not None:
+            if args.latency < 1:
+                raise UserError(f"--latency takes a batch size of at least 1, got {args.latency}")
+            from kdprune.threads import set_threads
+
+            set_threads(args.threads)
+        r = write_report(args.runs, args.out, args.published, latency_batch=args.latency)
         print(r["markdown"])
         print(f"{r['rows']} results -> {args.out}/: {', '.join(r['files'])}")
         return 0

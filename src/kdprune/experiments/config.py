@@ -152,6 +152,9 @@ class RunConfig(CommonConfig, DistillConfig, CriterionOptions, IMPOptions, EPSDO
     retrain_lr: float = _f(0.01, "peak learning rate of retraining with --retrain-schedule finetune")
     sparsity: list[float] = _f([0.5, 0.75, 0.9, 0.95, 0.98], "comma list of target sparsities, each in (0, 1)")
     retrain: str = _f("both", "plain (CE) | kd (L_total) | both")
+    channel_twin: bool = _f(False, "channel: also prune the same student unstructured (same importance, one global "
+                                   "threshold) to the channel model's parameter count and retrain it the same way "
+                                   "(rows 'unstructured, same params')", neutral=False)
     out: str = _f("runs/default", "output folder")
 
 
@@ -228,6 +231,8 @@ def _validate(cfg) -> None:
         raise UserError(f"image_size: must lie in [4, 1024], got {cfg.image_size}")
     if getattr(cfg, "structure", "unstructured") == "channel":
         _validate_channel(cfg)
+    elif getattr(cfg, "channel_twin", False):
+        raise UserError("--channel-twin goes with --structure channel")
     if getattr(cfg, "score_rounds", 1) < 1:
         raise UserError(f"score_rounds: must be at least 1, got {cfg.score_rounds}")
     if not 0.0 <= getattr(cfg, "layer_floor", 0.0) < 1.0:
@@ -272,6 +277,9 @@ def _validate_channel(cfg) -> None:
         raise UserError(f"channel_round: must be at least 1, got {cfg.channel_round}")
     if not 0.0 <= cfg.channel_floor < 1.0:
         raise UserError(f"channel_floor: must lie in [0, 1), got {cfg.channel_floor}")
+    if getattr(cfg, "channel_twin", False) and cfg.method not in ("teacher-guided", "magnitude", "random"):
+        raise UserError(f"--channel-twin needs an unstructured criterion of the same name: --method teacher-guided, "
+                        f"magnitude or random, got {cfg.method!r}")
     if structured_criterion(cfg.method) not in STRUCTURED_CRITERIA:
         raise UserError(f"--structure channel takes --method {', '.join(('magnitude',) + STRUCTURED_CRITERIA)}, "
                         f"got {cfg.method!r}")

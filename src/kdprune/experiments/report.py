@@ -112,7 +112,7 @@ def aggregate(rows: list[dict]) -> dict[tuple, dict]:
         out[key] = {"n": len(rs), "mean": m, "std": s, "seeds": sorted(r["seed"] for r in rs),
                     "dense": statistics.fmean(r["dense_top1"] for r in rs),
                     "teacher_images": statistics.fmean(teacher_images(r) for r in rs),
-                    "channel": all(r.get("structure") == "channel" for r in rs),
+                    "channel": all(r.get("structure") == "channel" or r.get("twin_of") == "channel" for r in rs),
                     **{k: statistics.fmean(r.get(k) or 0 for r in rs)
                        for k in ("total_epochs", "images_fwd_bwd", "teacher_forwards", "total_wall_seconds")}}
     return out
@@ -318,7 +318,10 @@ def _colors(methods) -> dict[str, tuple]:
 
 
 def _variant_look(label: str, marker: str) -> tuple[str, float]:
-    """Retraining schedules of one method apart: finetune faint crosses, lr-rewind diamonds, restart as is."""
+    """Retraining schedules of one method apart: finetune faint crosses, lr-rewind diamonds, restart as is;
+    the unstructured twin of channel pruning as faint down-triangles."""
+    if "unstructured" in label:
+        return "v", 0.55
     if "finetune" in label:
         return "x", 0.45
     if "lr-rewind" in label:
@@ -431,7 +434,10 @@ def plot_radar(agg: dict, path: Path, levels=RADAR_LEVELS) -> bool:
     return True
 
 
-def write_report(paths: list[str | Path], out: str | Path, published: str | Path | None = None) -> dict:
+def write_report(paths: list[str | Path], out: str | Path, published: str | Path | None = None,
+                 latency_batch: int | None = None) -> dict:
+    """Write the report of the results under ``paths`` into ``out``; ``latency_batch`` adds accuracy
+    against latency measured here (:mod:`kdprune.experiments.latency_report`)."""
     out = Path(out)
     pub = load_published(published)
     if out.exists() and not out.is_dir():
@@ -444,8 +450,14 @@ def write_report(paths: list[str | Path], out: str | Path, published: str | Path
     compute = compute_markdown(agg)
     if compute:
         md = md.rstrip("\n") + "\n\n" + compute
-    write_text(out / "results.md", md)
     written = ["results.csv", "results.md"]
+    if latency_batch:
+        from kdprune.experiments.latency_report import write_latency
+
+        lat_md, files = write_latency(rows, out, latency_batch)
+        md = md.rstrip("\n") + "\n\n" + lat_md
+        written += files
+    write_text(out / "results.md", md)
     for dataset in sorted({k[0] for k in agg}):
         name = f"accuracy_vs_sparsity_{dataset}.png"
         plot_accuracy(agg, dataset, out / name)

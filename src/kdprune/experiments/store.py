@@ -1,6 +1,6 @@
 """The shared results store of a sweep: one SQLite file (standard library, WAL mode).
 
-Each result is one row keyed by (run hash, sparsity, regime); writers use ``INSERT OR IGNORE`` inside a
+Each result is one row keyed by (run hash, sparsity, regime, variant); writers use ``INSERT OR IGNORE`` inside a
 transaction with a busy timeout, so concurrent workers neither lose nor duplicate a row.
 """
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
-    run TEXT NOT NULL, target_sparsity REAL NOT NULL, regime TEXT NOT NULL,
+    run TEXT NOT NULL, target_sparsity REAL NOT NULL, regime TEXT NOT NULL, variant TEXT NOT NULL,
     method TEXT, dataset TEXT, arch TEXT, seed INTEGER, top1 REAL, row TEXT NOT NULL,
-    PRIMARY KEY (run, target_sparsity, regime)
+    PRIMARY KEY (run, target_sparsity, regime, variant)
 )
 """
 
@@ -28,7 +28,8 @@ def connect(path: str | Path) -> sqlite3.Connection:
 
 
 def readable(path: str | Path) -> bool:
-    """True when ``path`` is absent or a results store SQLite can read."""
+    """True when ``path`` is absent or a results store of this layout that SQLite can read (a store from
+    before rows were keyed by variant is not: the sweep sets it aside and rebuilds it from the runs)."""
     path = Path(path)
     if not path.exists():
         return True
@@ -41,7 +42,7 @@ def readable(path: str | Path) -> bool:
             con.close()
     except sqlite3.DatabaseError:
         return False
-    return not cols or cols[:3] == ["run", "target_sparsity", "regime"]
+    return not cols or cols[:4] == ["run", "target_sparsity", "regime", "variant"]
 
 
 def set_aside(path: str | Path) -> Path:
@@ -65,8 +66,8 @@ def add_rows(path: str | Path, run: str, rows: list[dict]) -> int:
         con.execute("BEGIN IMMEDIATE")
         before = con.total_changes
         con.executemany(
-            "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(run, float(r["target_sparsity"]), r["regime"], r["method"], r["dataset"], r["arch"], r["seed"],
+            "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(run, float(r["target_sparsity"]), r["regime"], r.get("variant") or "", r["method"], r["dataset"], r["arch"], r["seed"],
               r["top1"], json.dumps(r, sort_keys=True)) for r in rows])
         con.execute("COMMIT")
         return con.total_changes - before
@@ -77,6 +78,6 @@ def add_rows(path: str | Path, run: str, rows: list[dict]) -> int:
 def all_rows(path: str | Path) -> list[dict]:
     con = connect(path)
     try:
-        return [json.loads(r[0]) for r in con.execute("SELECT row FROM results ORDER BY run, target_sparsity, regime")]
+        return [json.loads(r[0]) for r in con.execute("SELECT row FROM results ORDER BY run, target_sparsity, regime, variant")]
     finally:
         con.close()

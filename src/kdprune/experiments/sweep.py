@@ -176,7 +176,7 @@ def status(cfg: RunConfig) -> str:
 def estimate(cfg: RunConfig, n_train: int | None = None) -> dict:
     """Training epochs (and images when the training-set size is known) the run will cost, by recipe."""
     recipe = method_or_structured(cfg).recipe
-    regimes = 2 if cfg.retrain == "both" else 1
+    regimes = (2 if cfg.retrain == "both" else 1) * (2 if getattr(cfg, "channel_twin", False) else 1)
     n_s = len(cfg.sparsity) if recipe != "channel" else len(str(cfg.target_macs or "x").split(","))
     if recipe in ("post-training", "channel"):
         epochs = cfg.teacher_epochs + cfg.student_epochs + n_s * regimes * cfg.retrain_epochs
@@ -277,7 +277,7 @@ def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print,
     store = out / "results.sqlite"
     if distributed.rank() == 0 and not readable(store):
         moved = set_aside(store)
-        log(f"{store} is not a readable results store (moved to {moved.name}); rebuilding it from the runs' "
+        log(f"{store} is not a results store this version reads (moved to {moved.name}); rebuilding it from the runs' "
             "results.jsonl")
     barrier()
     shared = {}

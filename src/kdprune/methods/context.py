@@ -31,7 +31,8 @@ from kdprune.train.stage import Env, is_finished, optim_spec, run_training_stage
 
 
 def result_key(row: dict) -> tuple:
-    return (row["method"], row["dataset"], row["arch"], row["seed"], float(row["target_sparsity"]), row["regime"])
+    return (row["method"], row["dataset"], row["arch"], row["seed"], float(row["target_sparsity"]), row["regime"],
+            row.get("variant") or "")
 
 
 def config_dict(cfg) -> dict:

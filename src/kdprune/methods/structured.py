@@ -10,6 +10,11 @@
 Rows: ``target_sparsity`` is the fraction of MACs removed (``1 - 1/factor``), ``achieved_sparsity`` the
 fraction actually removed; ``macs``, ``macs_reduction``, ``params`` give the model; ``variant`` says
 ``channel``. Each retraining folder holds ``widths.json`` beside ``model.safetensors``.
+
+``--channel-twin`` adds, per target, the unstructured model of the same size: the same student and the
+same per-weight importance, one global threshold over the prunable weights removing as many parameters as
+the channel cut did, retrained the same way with masks (rows with variant ``unstructured, same params``,
+in ``macs-Nx/unstructured/``): what whole channels cost in accuracy against single weights.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ from kdprune.methods.context import (
     log,
     retrain_spec,
     score_batches,
+    threshold_masks,
 )
 from kdprune.pruning import structured as S
+from kdprune.pruning.prunable import prunable_parameters
 from kdprune.train import evaluate
 from kdprune.train.stage import run_training_stage
 
@@ -94,3 +101,38 @@ def run(ctx: RunContext) -> None:
                        extra={"structure": "channel", "target_macs": factor, "macs": plan.macs_after,
                               "macs_before": plan.macs_before, "macs_reduction": plan.macs_reduction,
                               "params": plan.params_after})
+        if cfg.channel_twin:
+            unstructured_twin(ctx, student, dense_state, scores, plan, sdir, factor, fraction, pruned_top1,
+                              (s_metrics["top1"], t_metrics["top1"]), shared, n_batches)
+
+
+def twin_sparsity(model, plan: S.ChannelPlan, prune_first: bool = True, prune_last: bool = True) -> float:
+    """The fraction of ``model``'s prunable weights to remove so that its parameters (the unprunable ones,
+    BatchNorm and biases, all kept) number as many as the channel-pruned model's."""
+    prunable = sum(p.numel() for p in prunable_parameters(model, prune_first, prune_last).values())
+    fixed = plan.params_before - prunable
+    return min(max(1.0 - (plan.params_after - fixed) / prunable, 0.0), 1.0)
+
+
+def unstructured_twin(ctx: RunContext, student, dense_state: dict, scores: dict, plan: S.ChannelPlan, sdir,
+                      factor, fraction, channel_pruned_top1: float, dense_teacher_top1: tuple, shared: dict,
+                      n_batches: int) -> None:
+    """``--channel-twin``: the unstructured model with the channel model's parameter count (module docstring)."""
+    cfg = ctx.cfg
+    student.load_state_dict(dense_state)
+    params = prunable_parameters(student, cfg.prune_first, cfg.prune_last)
+    s_u = twin_sparsity(student, plan, cfg.prune_first, cfg.prune_last)
+    masks = threshold_masks(cfg, {n: scores[n] for n in params}, s_u)
+    udir = sdir / "unstructured"
+    pruned = ctx.pruned_top1(udir, student, masks, list(params))
+    student.load_state_dict(dense_state)
+    log(ctx.env, f"unstructured twin: {s_u:.2%} of the prunable weights removed for {plan.params_after:,} parameters; "
+                 f"top-1 before retraining {pruned['top1']:.2f}% (channels: {channel_pruned_top1:.2f}%)")
+    s = 1.0 - 1.0 / factor if factor else fraction
+    for regime in ctx.regimes:
+        m, _ = ctx.retrain(udir / regime, s_u, regime, dense_state, masks, cfg.retrain_epochs, retrain_spec(cfg),
+                           f"retrain twin {regime}")
+        ctx.record(s, regime, m, pruned, *dense_teacher_top1, add_cost(shared, cost_of(m)), n_batches,
+                   udir / regime, "unstructured, same params",
+                   extra={"structure": "unstructured", "twin_of": "channel", "target_macs": factor,
+                          "params": plan.params_after})

@@ -1,0 +1,51 @@
+"""Wall-clock latency of models on this machine: interleaved repeats and medians, so that drift during the
+measurement hits every model alike and the ratios between them hold even on a noisy machine."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+
+def median_seconds(fns: dict, repeats: int = 5, warmup: int = 1) -> dict:
+    """Time each function ``repeats`` times, interleaved (A B A B ...); returns the median per key."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times: dict = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def eager_forward(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """One inference-mode forward of ``model`` on ``x`` (synchronised on CUDA), as a timing callable."""
+    model.eval()
+
+    def run() -> None:
+        with torch.inference_mode():
+            model(x)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+
+    return run
+
+
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo``), for saying where a latency was measured."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,0 +1,149 @@
+"""``kdprune report --latency``: accuracy against latency measured on this machine, for channel pruning.
+
+Every channel-pruned result is rebuilt from its ``widths.json`` (the weights do not change the time), each
+distinct model is timed once in PyTorch eager at ``batch`` images, interleaved with the dense model of
+the same architecture and input, and each result's speed-up is the dense median over its own. Results
+of the unstructured twin (``--channel-twin``) are the dense architecture with zeros: they are timed as
+that. The table and plot say on which CPU, with how many threads.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from kdprune.errors import UserError
+
+
+def _is_channel(row: dict) -> bool:
+    return row.get("structure") == "channel" or row.get("twin_of") == "channel"
+
+
+def _model_key(row: dict) -> tuple:
+    """(arch, classes, in channels, image size, widths as JSON or "dense") of a result's model."""
+    from kdprune.deploy.exporting import describe_source
+
+    info = describe_source(Path(row["out"]))
+    if not info.get("image_size"):
+        raise UserError(f"cannot tell the input size of {row['out']} for --latency")
+    widths = json.dumps(info["widths"], sort_keys=True) if info.get("widths") else "dense"
+    return info["arch"], info["num_classes"], info["in_channels"], int(info["image_size"]), widths
+
+
+def measure(rows: list[dict], batch: int = 64, repeats: int = 10) -> dict[int, tuple[float, float]]:
+    """``id(row) -> (median seconds of the row's model, median seconds of its dense model)`` for every
+    channel-pruning row (and twin); each distinct model is built once and all are timed interleaved."""
+    from kdprune.deploy.latency import eager_forward, median_seconds
+    from kdprune.models import create_model
+    from kdprune.pruning.structured import apply_widths
+
+    keys = {id(r): _model_key(r) for r in rows if _is_channel(r)}
+    if not keys:
+        raise UserError("--latency needs channel-pruning results (kdprune run --structure channel)")
+    models = set(keys.values()) | {(*k[:4], "dense") for k in keys.values()}
+    fns = {}
+    torch.manual_seed(0)
+    for arch, nc, in_ch, size, widths in models:
+        m = create_model(arch, nc, in_ch)
+        if widths != "dense":
+            apply_widths(m, json.loads(widths))
+        fns[(arch, nc, in_ch, size, widths)] = eager_forward(m, torch.randn(batch, in_ch, size, size))
+    med = median_seconds(fns, repeats=repeats, warmup=2)
+    return {i: (med[k], med[(*k[:4], "dense")]) for i, k in keys.items()}
+
+
+def latency_points(rows: list[dict], labels: dict[int, str], times: dict[int, tuple[float, float]]) -> dict:
+    """``(dataset, arch, method, label, level) -> {top1 mean, ms mean, speedup mean, n}`` over seeds."""
+    groups = defaultdict(list)
+    for r in rows:
+        if id(r) in times:
+            groups[(r["dataset"], r["arch"], r["method"], labels[id(r)], float(r["target_sparsity"]))].append(r)
+    out = {}
+    for key, rs in sorted(groups.items()):
+        t = [times[id(r)] for r in rs]
+        out[key] = {"top1": statistics.fmean(r["top1"] for r in rs), "n": len(rs),
+                    "ms": statistics.fmean(a for a, _ in t) * 1e3, "dense_ms": statistics.fmean(d for _, d in t) * 1e3,
+                    "speedup": statistics.fmean(d / a for a, d in t),
+                    "dense_top1": statistics.fmean(r["dense_top1"] for r in rs)}
+    return out
+
+
+def where(batch: int) -> str:
+    from kdprune.deploy.latency import cpu_name
+
+    return f"PyTorch eager, batch {batch}, {torch.get_num_threads()} thread(s) on {cpu_name()}"
+
+
+def latency_markdown(points: dict, batch: int) -> str:
+    from kdprune.experiments.report import level
+
+    lines = []
+    for dataset, arch in sorted({k[:2] for k in points}):
+        keys = [k for k in points if k[:2] == (dataset, arch)]
+        dense_ms = statistics.fmean(points[k]["dense_ms"] for k in keys)
+        dense_top1 = statistics.fmean(points[k]["dense_top1"] for k in keys)
+        lines += [f"### {dataset}, {arch}: accuracy against measured latency", "",
+                  f"Measured by `kdprune report --latency` ({where(batch)}): median of interleaved repeats, "
+                  f"speed-up = the dense model's time over the pruned one's, measured in the same run. Dense "
+                  f"student: {dense_top1:.2f}% at {dense_ms:.2f} ms per batch.", "",
+                  "| method (regime) | MACs target | top-1 | vs dense | ms per batch | speed-up |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for k in sorted(keys, key=lambda k: (k[4], -points[k]["top1"])):
+            p = points[k]
+            lines.append(f"| {k[2]} ({k[3]}) | {level(k[4], True)} | {p['top1']:.2f} | {p['top1'] - p['dense_top1']:+.2f} "
+                         f"| {p['ms']:.2f} | {p['speedup']:.2f}x |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_latency(points: dict, dataset: str, path: Path, batch: int) -> None:
+    """Top-1 against measured speed-up over dense, one line per method and regime through its MACs targets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kdprune.experiments.report import _colors, _savefig, _style, _variant_look, level
+
+    keys = [k for k in points if k[0] == dataset]
+    colors = _colors(k[2] for k in keys)
+    fig, ax = plt.subplots(figsize=(8.5, 6))
+    for series in sorted({k[1:4] for k in keys}):
+        pts = sorted((points[k]["speedup"], points[k]["top1"], k[4]) for k in keys if k[1:4] == series)
+        ls, marker = _style(series[2])
+        marker, alpha = _variant_look(series[2], marker)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=ls, marker=marker, color=colors[series[1]],
+                alpha=alpha, linewidth=2.4 if series[1] == "teacher-guided" else 1.5,
+                label=f"{series[1]} ({series[2]})")
+        for x, y, s in pts:
+            ax.annotate(level(s, True).replace(" MACs", ""), (x, y), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7, color="dimgray")
+    dense = statistics.fmean(points[k]["dense_top1"] for k in keys)
+    ax.scatter([1.0], [dense], color="black", marker="*", s=120, zorder=4, label=f"dense student ({dense:.1f}%)")
+    ax.set_xlabel("measured speed-up over dense (x)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.set_xlim(left=min(0.9, min(points[k]["speedup"] for k in keys) - 0.1))
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(f"{dataset}: accuracy vs measured latency\n{where(batch)}", fontsize=10)
+    fig.tight_layout()
+    _savefig(fig, path)
+    plt.close(fig)
+
+
+def write_latency(rows: list[dict], out: Path, batch: int = 64, repeats: int = 10) -> tuple[str, list[str]]:
+    """The latency section of the report and its plots (one per dataset); returns (markdown, files)."""
+    from kdprune.experiments.report import _series_label
+
+    labels = _series_label(rows)
+    points = latency_points(rows, labels, measure(rows, batch, repeats))
+    files = []
+    for dataset in sorted({k[0] for k in points}):
+        name = f"accuracy_vs_latency_{dataset}.png"
+        plot_latency(points, dataset, out / name, batch)
+        files.append(name)
+    return latency_markdown(points, batch), files
