@@ -159,3 +159,11 @@ def test_resume_accepts_a_run_written_before_an_option_existed(tmp_path):
         prepare_out(replace(cfg, resume=True, layer_floor=0.05), "run")
     with pytest.raises(UserError, match="seed was 0, now 1"):
         prepare_out(replace(cfg, resume=True, seed=1), "run")
+
+
+def test_threads_is_taken_before_or_after_the_command(tmp_path, run_cli):
+    code, out, err = run_cli("methods", "--threads", "1")
+    assert code == 0 and "teacher-guided" in out, err
+    for args in (["--threads", "0", "run"], ["run", "--threads", "0"]):
+        code, _, err = run_cli(*args, "--out", tmp_path / "x")
+        assert code == 2 and "--threads must be at least 1" in err and not (tmp_path / "x").exists(), err

@@ -30,9 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="kdprune", description="Teacher-guided one-shot pruning with context-aware KD.")
     p.add_argument("--version", action="version", version=f"kdprune {__version__}")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads for torch (default: OMP_NUM_THREADS, else the cores idle at start; "
-                        "results are bit-for-bit reproducible for a given count)")
+    threads_help = ("CPU threads for torch (default: OMP_NUM_THREADS, else the cores idle at start; "
+                    "results are bit-for-bit reproducible for a given count)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help=threads_help)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (cls_name, help_) in _COMMANDS.items():
         cls = getattr(C, cls_name)
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(PyTorch eager, batch BATCH, default 64; --threads applies) and plot accuracy vs latency")
     sub.add_parser("models", help="list the architectures")
     sub.add_parser("methods", help="list the pruning methods")
+    for sp in sub.choices.values():  # --threads also after the command (there it wins over one before it)
+        sp.add_argument("--threads", type=int, default=argparse.SUPPRESS, metavar="N", help=threads_help)
     return p
 
 
