@@ -196,6 +196,14 @@ def test_bad_twin_options_are_one_line(tmp_path, run_cli, args, message):
     assert not (tmp_path / "x").exists()
 
 
+def test_rounded_widths_are_a_variant_of_their_own():
+    from kdprune.experiments.config import RunConfig
+    from kdprune.methods.structured import channel_variant
+
+    assert channel_variant(RunConfig()) == "channel"
+    assert channel_variant(RunConfig(channel_round=8)) == "channel, widths x8"
+
+
 def test_channel_rounding_keeps_multiples_and_still_reaches_the_target():
     torch.manual_seed(8)
     model = create_model("resnet20", 10, 3).eval()

@@ -9,7 +9,7 @@
 
 Rows: ``target_sparsity`` is the fraction of MACs removed (``1 - 1/factor``), ``achieved_sparsity`` the
 fraction actually removed; ``macs``, ``macs_reduction``, ``params`` give the model; ``variant`` says
-``channel``. Each retraining folder holds ``widths.json`` beside ``model.safetensors``.
+``channel`` (``channel, widths x8`` with ``--channel-round 8``). Each retraining folder holds ``widths.json`` beside ``model.safetensors``.
 
 ``--channel-twin`` adds, per target, the unstructured model of the same size: the same student and the
 same per-weight importance, one global threshold over the prunable weights removing as many parameters as
@@ -97,13 +97,18 @@ def run(ctx: RunContext) -> None:
                                    "total_params": plan.params_before}}
             s = 1.0 - 1.0 / factor if factor else fraction
             ctx.record(s, regime, m, {"top1": pruned_top1}, s_metrics["top1"], t_metrics["top1"],
-                       add_cost(shared, cost_of(m)), n_batches, rdir, "channel",
+                       add_cost(shared, cost_of(m)), n_batches, rdir, channel_variant(cfg),
                        extra={"structure": "channel", "target_macs": factor, "macs": plan.macs_after,
                               "macs_before": plan.macs_before, "macs_reduction": plan.macs_reduction,
                               "params": plan.params_after})
         if cfg.channel_twin:
             unstructured_twin(ctx, student, dense_state, scores, plan, sdir, factor, fraction, pruned_top1,
                               (s_metrics["top1"], t_metrics["top1"]), shared, n_batches)
+
+
+def channel_variant(cfg) -> str:
+    """The rows' ``variant``: ``channel``, or ``channel, widths x8`` with ``--channel-round 8``."""
+    return "channel" + (f", widths x{cfg.channel_round}" if cfg.channel_round > 1 else "")
 
 
 def twin_sparsity(model, plan: S.ChannelPlan, prune_first: bool = True, prune_last: bool = True) -> float:
