@@ -55,8 +55,11 @@ def test_sweep_runs_shares_stages_and_rerun_skips(tmp_path, run_cli):
     assert len(students) == 2 and os.stat(students[0] / "student" / "model.safetensors").st_nlink == 3
     # re-run: everything is skipped, nothing retrained
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").rglob("metrics.json")}
+    leftover = next((tmp_path / "out" / "runs").glob("*/sparsity-*/plain")) / ".model.safetensors.123.tmp"
+    leftover.write_text("what a kill -9 between writing and renaming leaves")
     code, out, _ = run_cli("sweep", f)
     assert code == 0 and "4 done, 0 to run" in out
+    assert "removed 1 temporary file" in out and not leftover.exists()
     assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").rglob("metrics.json")}
     # the report reads the sweep's runs
     code, out, err = run_cli("report", tmp_path / "out" / "runs", "--out", tmp_path / "rep")
