@@ -12,8 +12,9 @@ import torch
 import torch.nn as nn
 
 
-def median_seconds(fns: dict, repeats: int = 5, warmup: int = 1) -> dict:
-    """Time each function ``repeats`` times, interleaved (A B A B ...); returns the median per key."""
+def interleaved_times(fns: dict, repeats: int = 5, warmup: int = 1, inner: int = 1) -> dict:
+    """Time each function ``repeats`` times, interleaved (A B A B ...), each sample ``inner`` calls;
+    returns every sample (seconds per call) per key, in round order, so ratios can be taken per round."""
     for _ in range(warmup):
         for f in fns.values():
             f()
@@ -21,9 +22,15 @@ def median_seconds(fns: dict, repeats: int = 5, warmup: int = 1) -> dict:
     for _ in range(repeats):
         for k, f in fns.items():
             t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            for _ in range(inner):
+                f()
+            times[k].append((time.perf_counter() - t0) / inner)
+    return times
+
+
+def median_seconds(fns: dict, repeats: int = 5, warmup: int = 1) -> dict:
+    """Time each function ``repeats`` times, interleaved (A B A B ...); returns the median per key."""
+    return {k: statistics.median(v) for k, v in interleaved_times(fns, repeats, warmup).items()}
 
 
 def eager_forward(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:

@@ -319,9 +319,11 @@ def _colors(methods) -> dict[str, tuple]:
 
 def _variant_look(label: str, marker: str) -> tuple[str, float]:
     """Retraining schedules of one method apart: finetune faint crosses, lr-rewind diamonds, restart as is;
-    the unstructured twin of channel pruning as faint down-triangles."""
+    the unstructured twin of channel pruning as faint down-triangles, rounded channel widths as pluses."""
     if "unstructured" in label:
         return "v", 0.55
+    if "widths x" in label:
+        return "P", 0.8
     if "finetune" in label:
         return "x", 0.45
     if "lr-rewind" in label:
