@@ -208,13 +208,14 @@ def _run_one(cfg: RunConfig, out: Path) -> int:
 
 def _clean_finished(done: list[RunConfig], log) -> None:
     """Remove what a killed writer left (``.*.tmp``) in finished runs no other process holds: resuming
-    cleans the runs it continues, and nothing else would ever visit these."""
+    cleans the runs it continues, and nothing else would ever visit these. Every rank calls it (the
+    lock is collective under torchrun); rank 0 deletes."""
     from kdprune.io import remove_stale_temps
 
     n = 0
     for cfg in done:
         with _lock(Path(cfg.out).with_suffix(".lock"), wait=False) as mine:
-            if mine:
+            if mine and distributed.rank() == 0:
                 n += remove_stale_temps(cfg.out, recursive=True)
     if n:
         log(f"removed {n} temporary file{'s' * (n > 1)} that killed writers left in finished runs")
@@ -300,8 +301,7 @@ def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print,
             d = _shared_dir(out, cfg, stage, keys)
             shared.setdefault((stage, d), cfg)
     todo = synced(lambda: [c for c in configs if status(c) != "done"])
-    if distributed.rank() == 0:
-        _clean_finished([c for c in configs if c not in todo], log)
+    _clean_finished([c for c in configs if c not in todo], log)
     log(f"{len(configs)} runs: {len(configs) - len(todo)} done, {len(todo)} to run; {len(shared)} shared stages")
     from kdprune.threads import choose_threads
 
