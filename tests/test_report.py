@@ -113,3 +113,14 @@ def test_channel_rows_are_labelled_by_their_macs_reduction(tmp_path, run_cli):
     code, out, err = run_cli("report", d, "--out", tmp_path / "rep")
     assert code == 0, err
     assert "| method (regime) | 2x MACs | 4x MACs |" in (tmp_path / "rep" / "results.md").read_text()
+
+
+def test_channel_rows_of_a_parameter_target_are_labelled_by_the_parameters_removed(tmp_path, run_cli):
+    d = tmp_path / "ch"
+    d.mkdir()
+    rows = [_row(m, "kd", seed, p, 95.0 - 10 * p, structure="channel", target_macs=None, variant="channel")
+            for m in ("teacher-guided", "magnitude") for seed in (0, 1) for p in (0.5, 0.75)]
+    (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = run_cli("report", d, "--out", tmp_path / "rep")
+    assert code == 0, err
+    assert "| method (regime) | 50% params | 75% params |" in (tmp_path / "rep" / "results.md").read_text()

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from kdprune.errors import UserError
+from kdprune.experiments.report import channel_kind
 
 
 def _is_channel(row: dict) -> bool:
@@ -78,7 +79,7 @@ def latency_points(rows: list[dict], labels: dict[int, str], times: dict[int, tu
                     "ms": statistics.fmean(a for a, _, _ in t) * 1e3,
                     "dense_ms": statistics.fmean(d for _, d, _ in t) * 1e3,
                     "speedup": statistics.fmean(x for _, _, x in t),
-                    "dense_top1": statistics.fmean(r["dense_top1"] for r in rs)}
+                    "dense_top1": statistics.fmean(r["dense_top1"] for r in rs), "kind": channel_kind(rs)}
     return out
 
 
@@ -101,11 +102,11 @@ def latency_markdown(points: dict, batch: int) -> str:
                   f"rounds, speed-up = the median over rounds of the dense model's time over the pruned one's "
                   f"(mean over seeds), measured in the same run. Dense "
                   f"student: {dense_top1:.2f}% at {dense_ms:.2f} ms per batch.", "",
-                  "| method (regime) | MACs target | top-1 | vs dense | ms per batch | speed-up |",
+                  "| method (regime) | target | top-1 | vs dense | ms per batch | speed-up |",
                   "|---|---|---:|---:|---:|---:|"]
         for k in sorted(keys, key=lambda k: (k[4], -points[k]["top1"])):
             p = points[k]
-            lines.append(f"| {k[2]} ({k[3]}) | {level(k[4], True)} | {p['top1']:.2f} | {p['top1'] - p['dense_top1']:+.2f} "
+            lines.append(f"| {k[2]} ({k[3]}) | {level(k[4], points[k]['kind'])} | {p['top1']:.2f} | {p['top1'] - p['dense_top1']:+.2f} "
                          f"| {p['ms']:.2f} | {p['speedup']:.2f}x |")
         lines.append("")
     return "\n".join(lines)
@@ -124,14 +125,15 @@ def plot_latency(points: dict, dataset: str, path: Path, batch: int) -> None:
     colors = _colors(k[2] for k in keys)
     fig, ax = plt.subplots(figsize=(8.5, 6))
     for series in sorted({k[1:4] for k in keys}):
-        pts = sorted((points[k]["speedup"], points[k]["top1"], k[4]) for k in keys if k[1:4] == series)
+        pts = sorted((points[k]["speedup"], points[k]["top1"], k[4], points[k]["kind"]) for k in keys
+                     if k[1:4] == series)
         ls, marker = _style(series[2])
         marker, alpha = _variant_look(series[2], marker)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=ls, marker=marker, color=colors[series[1]],
                 alpha=alpha, linewidth=2.4 if series[1] == "teacher-guided" else 1.5,
                 label=f"{series[1]} ({series[2]})")
-        for x, y, s in pts:
-            ax.annotate(level(s, True).replace(" MACs", ""), (x, y), textcoords="offset points", xytext=(4, 4),
+        for x, y, s, kind in pts:
+            ax.annotate(level(s, kind).replace(" MACs", ""), (x, y), textcoords="offset points", xytext=(4, 4),
                         fontsize=7, color="dimgray")
     dense = statistics.fmean(points[k]["dense_top1"] for k in keys)
     ax.scatter([1.0], [dense], color="black", marker="*", s=120, zorder=4, label=f"dense student ({dense:.1f}%)")

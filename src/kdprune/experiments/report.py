@@ -66,14 +66,25 @@ def teacher_images(row: dict) -> int:
         return 0
 
 
-def _channel_only(agg: dict, dataset: str, arch: str | None = None) -> bool:
-    """True when every result of ``dataset`` (and ``arch``) is channel pruning: levels are MACs reductions."""
-    keys = [k for k in agg if k[0] == dataset and (arch is None or k[1] == arch)]
-    return bool(keys) and all(agg[k].get("channel") for k in keys)
+def _channel_only(agg: dict, dataset: str, arch: str | None = None) -> str:
+    """``"macs"`` (or ``"params"``) when every result of ``dataset`` (and ``arch``) is channel pruning to a
+    MACs (parameter) target: levels are MACs reductions (fractions of parameters); else ``""``."""
+    kinds = {agg[k].get("channel") for k in agg if k[0] == dataset and (arch is None or k[1] == arch)}
+    return kinds.pop() if len(kinds) == 1 and None not in kinds else ""
 
 
-def level(s: float, channel: bool) -> str:
-    """A column or tick label: ``90%`` of the weights, or ``2x`` fewer MACs for channel pruning."""
+def channel_kind(rows: list[dict]) -> str | None:
+    """``"macs"``/``"params"`` when all ``rows`` are channel pruning (or its twin) to that kind of target."""
+    if not all(r.get("structure") == "channel" or r.get("twin_of") == "channel" for r in rows):
+        return None
+    return "params" if all(r.get("target_macs") is None for r in rows) else "macs"
+
+
+def level(s: float, channel: bool | str) -> str:
+    """A column or tick label: ``90%`` of the weights, ``2x MACs`` (fewer MACs, channel pruning) or
+    ``50% params`` (of the parameters removed, channel pruning to ``--target-params``)."""
+    if channel == "params":
+        return f"{s:.0%} params"
     return f"{1 / (1 - s):.3g}x MACs" if channel else f"{s:.0%}"
 
 
@@ -112,7 +123,7 @@ def aggregate(rows: list[dict]) -> dict[tuple, dict]:
         out[key] = {"n": len(rs), "mean": m, "std": s, "seeds": sorted(r["seed"] for r in rs),
                     "dense": statistics.fmean(r["dense_top1"] for r in rs),
                     "teacher_images": statistics.fmean(teacher_images(r) for r in rs),
-                    "channel": all(r.get("structure") == "channel" or r.get("twin_of") == "channel" for r in rs),
+                    "channel": channel_kind(rs),
                     **{k: statistics.fmean(r.get(k) or 0 for r in rs)
                        for k in ("total_epochs", "images_fwd_bwd", "teacher_forwards", "total_wall_seconds")}}
     return out
@@ -372,8 +383,8 @@ def plot_accuracy(agg: dict, dataset: str, path: Path) -> None:
         ax.set_xticklabels([level(s, _channel_only(agg, dataset)) for s in ticks])
         if lo is not None:
             ax.set_ylim(lo, min(100.0, max(means) + 1.0))
-        ax.set_xlabel("MACs reduction (channel pruning)" if _channel_only(agg, dataset) else
-                      "sparsity (log-density axis)")
+        ax.set_xlabel({"macs": "MACs reduction (channel pruning)", "params": "parameters removed (channel pruning)"}
+                      .get(_channel_only(agg, dataset), "sparsity (log-density axis)"))
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(title, fontsize=12)
         ax.tick_params(labelsize=11)
@@ -383,7 +394,7 @@ def plot_accuracy(agg: dict, dataset: str, path: Path) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=10, frameon=False,
                title="method (regime); line: plain solid, kd dashed, sd dotted", title_fontsize=10)
     many = max(agg[k]["n"] for k in keys) > 1
-    what = "MACs reduction" if _channel_only(agg, dataset) else "sparsity"
+    what = {"macs": "MACs reduction", "params": "parameters removed"}.get(_channel_only(agg, dataset), "sparsity")
     fig.suptitle(f"{dataset}: accuracy vs {what}" + (" (mean ± std over seeds)" if many else " (one seed)"),
                  fontsize=14)
     fig.tight_layout(rect=(0, bottom, 1, 1))
