@@ -18,11 +18,16 @@ from pathlib import Path
 import torch
 
 from kdprune.errors import UserError
-from kdprune.experiments.report import channel_kind
-
-
-def _is_channel(row: dict) -> bool:
-    return row.get("structure") == "channel" or row.get("twin_of") == "channel"
+from kdprune.experiments.report import (
+    _colors,
+    _savefig,
+    _series_label,
+    _style,
+    _variant_look,
+    channel_kind,
+    is_channel_row,
+    level,
+)
 
 
 def _model_key(row: dict) -> tuple:
@@ -45,7 +50,7 @@ def measure(rows: list[dict], batch: int = 64, repeats: int = 30) -> dict[int, t
     from kdprune.models import create_model
     from kdprune.pruning.structured import apply_widths
 
-    keys = {id(r): _model_key(r) for r in rows if _is_channel(r)}
+    keys = {id(r): _model_key(r) for r in rows if is_channel_row(r)}
     if not keys:
         raise UserError("--latency needs channel-pruning results (kdprune run --structure channel)")
     models = set(keys.values()) | {(*k[:4], "dense") for k in keys.values()}
@@ -66,7 +71,7 @@ def measure(rows: list[dict], batch: int = 64, repeats: int = 30) -> dict[int, t
     return out
 
 
-def latency_points(rows: list[dict], labels: dict[int, str], times: dict[int, tuple[float, float]]) -> dict:
+def latency_points(rows: list[dict], labels: dict[int, str], times: dict[int, tuple[float, float, float]]) -> dict:
     """``(dataset, arch, method, label, level) -> {top1 mean, ms mean, speedup mean, n}`` over seeds."""
     groups = defaultdict(list)
     for r in rows:
@@ -90,8 +95,6 @@ def where(batch: int) -> str:
 
 
 def latency_markdown(points: dict, batch: int) -> str:
-    from kdprune.experiments.report import level
-
     lines = []
     for dataset, arch in sorted({k[:2] for k in points}):
         keys = [k for k in points if k[:2] == (dataset, arch)]
@@ -118,8 +121,6 @@ def plot_latency(points: dict, dataset: str, path: Path, batch: int) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from kdprune.experiments.report import _colors, _savefig, _style, _variant_look, level
 
     keys = [k for k in points if k[0] == dataset]
     colors = _colors(k[2] for k in keys)
@@ -150,8 +151,6 @@ def plot_latency(points: dict, dataset: str, path: Path, batch: int) -> None:
 
 def write_latency(rows: list[dict], out: Path, batch: int = 64, repeats: int = 30) -> tuple[str, list[str]]:
     """The latency section of the report and its plots (one per dataset); returns (markdown, files)."""
-    from kdprune.experiments.report import _series_label
-
     labels = _series_label(rows)
     points = latency_points(rows, labels, measure(rows, batch, repeats))
     files = []

@@ -73,9 +73,14 @@ def _channel_only(agg: dict, dataset: str, arch: str | None = None) -> str:
     return kinds.pop() if len(kinds) == 1 and None not in kinds else ""
 
 
+def is_channel_row(row: dict) -> bool:
+    """A result of channel pruning, or of its unstructured twin (``--channel-twin``)."""
+    return row.get("structure") == "channel" or row.get("twin_of") == "channel"
+
+
 def channel_kind(rows: list[dict]) -> str | None:
     """``"macs"``/``"params"`` when all ``rows`` are channel pruning (or its twin) to that kind of target."""
-    if not all(r.get("structure") == "channel" or r.get("twin_of") == "channel" for r in rows):
+    if not all(map(is_channel_row, rows)):
         return None
     return "params" if all(r.get("target_macs") is None for r in rows) else "macs"
 

@@ -83,6 +83,7 @@ def run(ctx: RunContext) -> None:
         barrier()
         log(env, f"{label}: MACs {plan.macs_before:,} -> {plan.macs_after:,} ({plan.macs_reduction:.2f}x), parameters "
                  f"{plan.params_before:,} -> {plan.params_after:,}; top-1 before retraining {pruned_top1:.2f}%")
+        s = 1.0 - 1.0 / factor if factor else fraction  # the rows' level: MACs (or parameters) removed
         for regime in ctx.regimes:
             rdir = sdir / regime
             net = copy.deepcopy(model)
@@ -95,14 +96,13 @@ def run(ctx: RunContext) -> None:
             removed = 1.0 - plan.macs_after / plan.macs_before
             m = {**m, "sparsity": {"sparsity": removed, "nonzero_params": plan.params_after,
                                    "total_params": plan.params_before}}
-            s = 1.0 - 1.0 / factor if factor else fraction
             ctx.record(s, regime, m, {"top1": pruned_top1}, s_metrics["top1"], t_metrics["top1"],
                        add_cost(shared, cost_of(m)), n_batches, rdir, channel_variant(cfg),
                        extra={"structure": "channel", "target_macs": factor, "macs": plan.macs_after,
                               "macs_before": plan.macs_before, "macs_reduction": plan.macs_reduction,
                               "params": plan.params_after})
         if cfg.channel_twin:
-            unstructured_twin(ctx, student, dense_state, scores, plan, sdir, factor, fraction, pruned_top1,
+            unstructured_twin(ctx, student, dense_state, scores, plan, sdir, s, factor, pruned_top1,
                               (s_metrics["top1"], t_metrics["top1"]), shared, n_batches)
 
 
@@ -111,29 +111,29 @@ def channel_variant(cfg) -> str:
     return "channel" + (f", widths x{cfg.channel_round}" if cfg.channel_round > 1 else "")
 
 
-def twin_sparsity(model, plan: S.ChannelPlan, prune_first: bool = True, prune_last: bool = True) -> float:
-    """The fraction of ``model``'s prunable weights to remove so that its parameters (the unprunable ones,
-    BatchNorm and biases, all kept) number as many as the channel-pruned model's."""
-    prunable = sum(p.numel() for p in prunable_parameters(model, prune_first, prune_last).values())
+def twin_sparsity(params: dict, plan: S.ChannelPlan) -> float:
+    """The fraction of the prunable weights ``params`` (of the unpruned model) to remove so that its
+    parameters (the unprunable ones, BatchNorm and biases, all kept) number as many as the channel-pruned
+    model's."""
+    prunable = sum(p.numel() for p in params.values())
     fixed = plan.params_before - prunable
     return min(max(1.0 - (plan.params_after - fixed) / prunable, 0.0), 1.0)
 
 
 def unstructured_twin(ctx: RunContext, student, dense_state: dict, scores: dict, plan: S.ChannelPlan, sdir,
-                      factor, fraction, channel_pruned_top1: float, dense_teacher_top1: tuple, shared: dict,
-                      n_batches: int) -> None:
+                      s: float, factor: float | None, channel_pruned_top1: float, dense_teacher_top1: tuple,
+                      shared: dict, n_batches: int) -> None:
     """``--channel-twin``: the unstructured model with the channel model's parameter count (module docstring)."""
     cfg = ctx.cfg
     student.load_state_dict(dense_state)
     params = prunable_parameters(student, cfg.prune_first, cfg.prune_last)
-    s_u = twin_sparsity(student, plan, cfg.prune_first, cfg.prune_last)
+    s_u = twin_sparsity(params, plan)
     masks = threshold_masks(cfg, {n: scores[n] for n in params}, s_u)
     udir = sdir / "unstructured"
     pruned = ctx.pruned_top1(udir, student, masks, list(params))
     student.load_state_dict(dense_state)
     log(ctx.env, f"unstructured twin: {s_u:.2%} of the prunable weights removed for {plan.params_after:,} parameters; "
                  f"top-1 before retraining {pruned['top1']:.2f}% (channels: {channel_pruned_top1:.2f}%)")
-    s = 1.0 - 1.0 / factor if factor else fraction
     for regime in ctx.regimes:
         m, _ = ctx.retrain(udir / regime, s_u, regime, dense_state, masks, cfg.retrain_epochs, retrain_spec(cfg),
                            f"retrain twin {regime}")
