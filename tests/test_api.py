@@ -1,7 +1,6 @@
 """The Python API on models outside the registry and on torch DataLoaders, and the defects it fixed."""
 
 import copy
-import json
 import math
 import os
 import subprocess

@@ -151,16 +151,19 @@ def prune_channels_checkpoint(cfg: PruneConfig) -> dict:
     model = load_weights(build_model(cfg.arch, env, cfg.seed), cfg.checkpoint, cfg.arch, nc)
     teacher = None
     if criterion == "teacher-guided":
-        teacher = load_weights(build_model(cfg.teacher_arch, env, cfg.seed), cfg.teacher_checkpoint, cfg.teacher_arch, nc)
+        teacher = load_weights(build_model(cfg.teacher_arch, env, cfg.seed), cfg.teacher_checkpoint,
+                               cfg.teacher_arch, nc)
     out = prepare_out(cfg, "prune", env.is_main)
     log(env, f"kdprune prune: {cfg.dataset} on {describe_compute(env)} -> {out}")
     dense_top1 = evaluate(model, env.test, cfg.amp)["top1"]
     t0 = time.perf_counter()
     d = env.data
     example = torch.zeros(1, d.in_channels, d.image_size, d.image_size, device=env.device)
-    scores = S.saliency(model, criterion, iter(env.score_loader(cfg.seed)), teacher=teacher, objective=distillation(cfg),
-                        num_batches=cfg.score_batches or min(len(env.train), 100), seed=cfg.seed)
-    plan = S.plan_channels(model, example, scores, floor=cfg.channel_floor, round_to=cfg.channel_round, target_params=cfg.target_params,
+    scores = S.saliency(model, criterion, iter(env.score_loader(cfg.seed)), teacher=teacher,
+                        objective=distillation(cfg), num_batches=cfg.score_batches or min(len(env.train), 100),
+                        seed=cfg.seed)
+    plan = S.plan_channels(model, example, scores, floor=cfg.channel_floor, round_to=cfg.channel_round,
+                           target_params=cfg.target_params,
                            target_macs=S.parse_macs_target(cfg.target_macs) if cfg.target_macs else None)
     S.prune_channels(model, example, plan)
     top1 = evaluate(model, env.test, cfg.amp)["top1"]

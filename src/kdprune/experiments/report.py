@@ -256,19 +256,24 @@ def _cheapest_within(pts: list[tuple], margin: float = 0.5) -> str:
     if not imp:
         return "No IMP result at this sparsity, so no comparison with it."
     ref = max(imp, key=lambda p: p[2])
+    ref_colt = max(colt, key=lambda p: p[2]) if colt else None
+
+    def cost(p: tuple) -> str:
+        out = (f"{p[4] / ref[4]:.3f} of IMP's images with the teacher's training counted "
+               f"({p[5] / ref[4]:.3f} with a pre-trained teacher)")
+        if ref_colt:
+            out += f", {p[4] / ref_colt[4]:.3f} of COLT's ({p[5] / ref_colt[4]:.3f})"
+        return out
+
     ok = [p for p in pts if p[0] == "teacher-guided" and p[2] >= ref[2] - margin]
     if not ok:
         best = max((p for p in pts if p[0] == "teacher-guided"), key=lambda p: p[2], default=None)
-        gap = f"; its best ({best[1]}) is {ref[2] - best[2]:.2f} points below" if best else ""
+        gap = (f"; its best ({best[1]}, {best[2]:.2f}%) is {ref[2] - best[2]:.2f} points below, at {cost(best)}"
+               if best else "")
         return f"No teacher-guided budget comes within {margin} points of IMP ({ref[2]:.2f}%){gap}."
     cheap = min(ok, key=lambda p: (p[4], -p[2]))  # the cheapest; among equally cheap, the most accurate
-    out = (f"Cheapest teacher-guided setting within {margin} points of IMP ({ref[2]:.2f}%): **{cheap[1]}** at "
-           f"{cheap[2]:.2f}%, {cheap[4] / ref[4]:.3f} of IMP's images with the teacher's training counted "
-           f"({cheap[5] / ref[4]:.3f} with a pre-trained teacher)")
-    if colt:
-        c = max(colt, key=lambda p: p[2])
-        out += f", {cheap[4] / c[4]:.3f} of COLT's ({cheap[5] / c[4]:.3f})"
-    return out + "."
+    return (f"Cheapest teacher-guided setting within {margin} points of IMP ({ref[2]:.2f}%): **{cheap[1]}** at "
+            f"{cheap[2]:.2f}%, {cost(cheap)}.")
 
 
 def plot_compute(agg: dict, dataset: str, path: Path) -> bool:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 
-from kdprune.methods.context import result_key  # noqa: F401  (re-exported: the key of a result row)
-
-
 def format_table(rows: list[dict]) -> str:
     """One line per sparsity: achieved sparsity, one-shot (no retraining) and each regime's top-1."""
     if not rows:
