@@ -340,7 +340,8 @@ def _colors(methods) -> dict[str, tuple]:
 
 def _variant_look(label: str, marker: str) -> tuple[str, float]:
     """Retraining schedules of one method apart: finetune faint crosses, lr-rewind diamonds, restart as is;
-    the unstructured twin of channel pruning as faint down-triangles, rounded channel widths as pluses."""
+    collapse guards as left triangles (progressive), up triangles (floor) and stars (score norm), other
+    retraining budgets as pentagons; the unstructured twin of channel pruning as faint down-triangles, rounded channel widths as pluses."""
     if "unstructured" in label:
         return "v", 0.55
     if "widths x" in label:
@@ -349,6 +350,9 @@ def _variant_look(label: str, marker: str) -> tuple[str, float]:
         return "x", 0.45
     if "lr-rewind" in label:
         return "D", 0.7
+    for part, look in (("progressive", "<"), ("floor", "^"), ("-norm", "*"), (" ep", "p")):
+        if part in label:  # a collapse guard, or another retraining budget
+            return look, 0.85
     return marker, 1.0
 
 
