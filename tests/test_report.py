@@ -135,3 +135,15 @@ def test_channel_rows_of_a_parameter_target_are_labelled_by_the_parameters_remov
     code, out, err = run_cli("report", d, "--out", tmp_path / "rep")
     assert code == 0, err
     assert "| method (regime) | 50% params | 75% params |" in (tmp_path / "rep" / "results.md").read_text()
+
+
+def test_collapse_guards_and_budgets_get_their_own_colours():
+    from kdprune.experiments.report import _colors, _series_color
+
+    colors = _colors(["teacher-guided", "magnitude", "imp"])
+    labels = ["kd, restart, progressive R=10", "kd, restart, floor 0.01", "kd, restart, l2-norm",
+              "plain, restart, 1 ep", "plain, restart, 6 ep"]
+    looks = [_series_color(colors, "teacher-guided", lab) for lab in labels]
+    assert len(set(looks)) == len(labels)  # each option apart from the others
+    assert not set(looks) & set(colors.values())  # and from every method's colour
+    assert _series_color(colors, "teacher-guided", "kd, restart") == colors["teacher-guided"]

@@ -293,14 +293,15 @@ def plot_compute(agg: dict, dataset: str, path: Path) -> bool:
         for arch in archs:
             for method, label, mean, std, imgs, no_t in _compute_points(agg, dataset, arch, s):
                 ls, marker = _style(label)
-                ax.errorbar([imgs], [mean], yerr=[std], color=colors[method], marker=marker, markersize=7,
+                color = _series_color(colors, method, label)
+                ax.errorbar([imgs], [mean], yerr=[std], color=color, marker=marker, markersize=7,
                             capsize=3, linestyle="none", label=f"{method} ({label})")
                 ax.annotate(label, (imgs, mean), textcoords="offset points", xytext=(6, 4), fontsize=7,
-                            color=colors[method])
+                            color=color)
                 if no_t < imgs:
-                    ax.plot([no_t, imgs], [mean, mean], color=colors[method], linewidth=0.8, alpha=0.6)
+                    ax.plot([no_t, imgs], [mean, mean], color=color, linewidth=0.8, alpha=0.6)
                     ax.plot([no_t], [mean], marker=marker, markersize=7, markerfacecolor="white",
-                            color=colors[method], linestyle="none")
+                            color=color, linestyle="none")
         ax.set_xscale("log")
         ax.set_xlabel("images through forward+backward (hollow: teacher's training not counted)")
         ax.set_ylabel("top-1 accuracy (%)")
@@ -356,6 +357,21 @@ def _variant_look(label: str, marker: str) -> tuple[str, float]:
     return marker, 1.0
 
 
+_OPTION_COLORS = (("progressive", 0), ("floor", 4), ("-norm", 9), ("1 ep", 16), ("6 ep", 12))
+
+
+def _series_color(colors: dict, method: str, label: str) -> tuple:
+    """The method's colour, except for a collapse guard or a shorter/longer retraining budget, which get
+    their own hue from tab20b (the palette's tail, which method colours reach only past twenty methods)
+    so that they stand apart from the paper's method in the same plot."""
+    import matplotlib
+
+    for part, i in _OPTION_COLORS:
+        if part in label:
+            return matplotlib.colormaps["tab20b"].colors[i]
+    return colors[method]
+
+
 def _style(regime: str) -> tuple[str, str]:
     return _REGIME_STYLE.get(regime.split(",")[0], ("-.", "D"))
 
@@ -388,7 +404,8 @@ def plot_accuracy(agg: dict, dataset: str, path: Path) -> None:
             ls, marker = _style(regime)
             marker, alpha = _variant_look(regime, marker)
             ax.errorbar([_density_axis(s) for s, _ in pts], [c["mean"] for _, c in pts],
-                        yerr=[c["std"] for _, c in pts], color=colors[method], linestyle=ls, marker=marker,
+                        yerr=[c["std"] for _, c in pts], color=_series_color(colors, method, regime),
+                        linestyle=ls, marker=marker,
                         markersize=5, capsize=3, linewidth=2.4 if method == "teacher-guided" else 1.5,
                         alpha=alpha, label=f"{method} ({regime})")
         ax.axhline(dense, color="black", linestyle=(0, (4, 3)), linewidth=1,
