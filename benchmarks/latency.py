@@ -3,7 +3,7 @@
 ResNet-20 at 32x32 (CIFAR-sized), channels removed with ``kdprune.prune_channels`` to 2x and 4x fewer
 MACs (group L1 magnitude: latency depends on the widths, not on which importance chose them), with widths
 as they fall and rounded to multiples of 8 ("2x/8", ``--channel-round 8``), then each
-model timed in PyTorch eager and in ONNX Runtime (CPU), at batch 1 and batch 64, interleaved so machine
+model timed in PyTorch eager (NCHW and channels_last) and in ONNX Runtime (CPU), at batch 1 and batch 64, interleaved so machine
 drift hits all alike. Prints median latencies and the speed-up of each pruned model over the dense one
 on the same path and batch, measured in this one run.
 
@@ -69,17 +69,19 @@ def main() -> None:
         x = torch.randn(batch, *shape)
         fns = {}
         for dev in devices:
-            xd = x.to(dev)
-            for name, m in models.items():
-                md = m.to(dev)
+            for layout in ("NCHW", "channels_last"):
+                cl = layout == "channels_last"
+                xd = x.to(dev).contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+                for name, m in models.items():
+                    md = copy.deepcopy(m).to(dev, memory_format=torch.channels_last if cl else torch.contiguous_format)
 
-                def eager(md=md, xd=xd, dev=dev):
-                    with torch.inference_mode():
-                        md(xd)
-                    if dev == "cuda":
-                        torch.cuda.synchronize()
+                    def eager(md=md, xd=xd, dev=dev):
+                        with torch.inference_mode():
+                            md(xd)
+                        if dev == "cuda":
+                            torch.cuda.synchronize()
 
-                fns[(f"torch-{dev}", name)] = eager
+                    fns[(f"torch-{dev} {layout}", name)] = eager
         for name, sess in sessions.items():
             xn = x.numpy()
             fns[("onnxruntime-cpu", name)] = lambda sess=sess, xn=xn: sess.run(None, {"images": xn})
@@ -89,7 +91,7 @@ def main() -> None:
             base = med[(path, "dense")]
             cells = "  ".join(f"{name} {med[(path, name)] * 1e3:8.2f} ({base / med[(path, name)]:.2f}x)"
                               for name in models)
-            print(f"  {path:16s} {cells}")
+            print(f"  {path:24s} {cells}")
 
 
 if __name__ == "__main__":

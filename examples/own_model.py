@@ -54,10 +54,10 @@ def teacher_net(classes: int = 10) -> nn.Module:
 def loaders(batch_size: int = 64):
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    x = (x - x.mean()) / x.std()
     y = torch.tensor(digits.target)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     test, train = order[:360], order[360:]
+    x = (x - x[train].mean()) / x[train].std()  # normalised with the training split's statistics only
     shuffle = torch.Generator().manual_seed(1)
     return (DataLoader(TensorDataset(x[train], y[train]), batch_size=batch_size, shuffle=True, generator=shuffle),
             DataLoader(TensorDataset(x[test], y[test]), batch_size=256))

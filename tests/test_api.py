@@ -53,6 +53,15 @@ def test_example_script_runs(tmp_path):
     assert "distill: epoch 2/2" in r.stderr  # progress lines when stderr is not a terminal
 
 
+def test_readme_python_example_runs_as_written(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "kdprune.prune(" in code and "stats=train" in code
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "at 90.00% sparsity" in r.stdout and (tmp_path / "student.onnx").is_file()
+
+
 def test_dataloader_through_score_retrain_and_evaluate(data):
     train, test = data
     student, teacher = _cnn(seed=1), _cnn(width=24, seed=2)
@@ -99,8 +108,10 @@ def test_wrong_keywords_and_unbound_masks_are_errors(data):
     params = prunable_parameters(model)
     with pytest.raises(UserError, match="takes no option 'score_form'"):
         compute_scores("magnitude", model, params, score_form="grad")
-    with pytest.raises(UserError, match="takes no option 'score_form'"):
+    with pytest.raises(UserError, match="score\\(\\) got an unexpected keyword 'score_form'"):
         kdprune.score(model, train, teacher=_cnn(seed=9), score_form="grad")
+    with pytest.raises(UserError, match="criterion 'teacher-guided' takes no option 'seed' \\(it takes: form\\)"):
+        kdprune.score(model, train, teacher=_cnn(seed=9), seed=3)
     with pytest.raises(TypeError):
         kdprune.mask({}, 0.5, scpoe="layerwise")
     with pytest.raises(UserError, match="input_shape"):

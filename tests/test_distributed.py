@@ -9,6 +9,7 @@ import sys
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import pytest
 
 from kdprune.data import TensorLoader, load_dataset
 from kdprune.losses import CrossEntropy
@@ -57,7 +58,59 @@ def _run(args, env=None):
     return subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
 
 
-def test_torchrun_run_matches_single_process(tmp_path):
+def _net():
+    """A small CNN without BatchNorm: under DDP a training step is then exactly the single-process step on the
+    global batch (BatchNorm's batch statistics are per rank, so with it DDP is close, not equal, by design)."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10))
+
+
+def _steps(rank: int, world: int, channels_last: bool):
+    """Three SGD steps (momentum, Nesterov, weight decay) of the engine on 50%-masked weights, global batch 64."""
+    from kdprune.pruning import MaskSet, global_masks
+    from kdprune.train import OptimSpec, Trainer
+
+    ds = load_dataset("digits")
+    x, y = ds.train_x[:3 * GLOBAL_BATCH], ds.train_y[:3 * GLOBAL_BATCH]
+    loader = TensorLoader(x, y, GLOBAL_BATCH // world, mean=[0.3], std=[0.3], train=True, seed=5, rank=rank,
+                          world_size=world)  # no augmentation: the same images either way
+    model = _net()
+    masks = MaskSet(global_masks({k: p.detach().abs() for k, p in prunable_parameters(model).items()}, 0.5))
+    trainer = Trainer(model, CrossEntropy(), OptimSpec(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                                                       schedule="constant"), 1, loader, None, masks=masks,
+                      progress=False, channels_last=channels_last)
+    trainer._train_epoch(0)
+    plain = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+    return {k: v.detach().contiguous().clone() for k, v in plain.state_dict().items()}, masks.digest()
+
+
+def _step_worker(rank, world, port, out_dir, channels_last):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.save(_steps(rank, world, channels_last), os.path.join(out_dir, f"steps{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "nchw"])
+def test_ddp_training_steps_equal_the_single_process_steps(tmp_path, channels_last):
+    mp.spawn(_step_worker, args=(2, _free_port(), str(tmp_path), channels_last), nprocs=2, join=True)
+    (w0, d0), (w1, d1) = (torch.load(tmp_path / f"steps{r}.pt") for r in (0, 1))
+    assert d0 == d1  # identical masks on both ranks
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)  # DDP keeps the replicas identical, bit for bit
+    single, d = _steps(0, 1, channels_last)
+    assert d == d0
+    before = _net().state_dict()
+    for k in single:
+        assert not torch.equal(single[k], before[k]), k  # the steps did change every tensor
+        # the same three steps up to float summation order (gradients averaged over ranks vs one batch)
+        torch.testing.assert_close(w0[k], single[k], rtol=1e-4, atol=1e-6)
+
+
+def test_torchrun_run_keeps_ranks_identical_and_prunes_like_one_process(tmp_path):
     common = ["run", "--device", "cpu", "--teacher-arch", "resnet20", "--teacher-epochs", "3", "--student-epochs",
               "3", "--retrain-epochs", "1", "--batch-size", "64", "--score-batches", "4", "--sparsity", "0.5,0.9",
               "--retrain", "plain"]
@@ -77,10 +130,10 @@ def test_torchrun_run_matches_single_process(tmp_path):
         assert len(hashes) == 2 and hashes[0] == hashes[1]
     for r, q in zip(rows, ref):
         assert r["achieved_sparsity"] == q["achieved_sparsity"]
-        # BatchNorm statistics are per rank under DDP, so training is close, not identical. Measured here:
-        # dense 91.94 vs 92.22; at 90% after one retraining epoch 54.44 vs 58.89.
-        assert abs(r["dense_top1"] - q["dense_top1"]) < 3.0, (r["dense_top1"], q["dense_top1"])
-        assert abs(r["top1"] - q["top1"]) < 8.0, (r["top1"], q["top1"])
+        assert r["images_fwd_bwd"] == q["images_fwd_bwd"]  # every rank's shard counted once, as one process
+    # No accuracy comparison: BatchNorm statistics are per rank under DDP, so after a few epochs the two runs
+    # differ by an amount that depends on the CPU's instruction set (11.9 points at 90% on an AVX2 EPYC).
+    # What DDP must guarantee is tested exactly above (identical ranks, the single-process step).
 
 
 def test_torchrun_sweep_runs_each_grid_point_on_all_ranks_and_records_once(tmp_path):

@@ -178,7 +178,7 @@ def test_run_channel_recipe_end_to_end(tmp_path, run_cli, method):
     assert code == 0, err
     assert (tmp_path / "rep" / "accuracy_vs_latency_digits.png").stat().st_size > 10_000
     section = stdout.split("accuracy against measured latency")[1]
-    assert "PyTorch eager, batch 8" in section
+    assert "PyTorch eager (channels_last), batch 8" in section
     table = [l.split(" | ") for l in section.splitlines() if l.startswith("| teacher-guided")]
     assert len(table) == 8 and all(l[-1] == "1.00x |" for l in table if "unstructured" in l[0])
     assert all(l[1] in ("2x MACs", "4x MACs") for l in table)

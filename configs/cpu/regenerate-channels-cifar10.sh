@@ -19,4 +19,4 @@ for stage in runs/cifar10-cpu/shared/teacher-* runs/cifar10-cpu/shared/student-*
   if [ "$finished" = 1 ] && [ ! -e "$dest" ]; then cp -al "$stage" "$dest"; fi
 done
 $kdprune sweep configs/cpu/cifar10-channels.yaml --jobs "${JOBS:-2}"
-$kdprune --threads "${LATENCY_THREADS:-2}" report runs/cifar10-channels/runs --out docs/channels-cifar10 --latency 64
+$kdprune --threads "${LATENCY_THREADS:-2}" report runs/cifar10-channels/runs --out docs/channels-cifar10 --latency 64 --latency-nchw  # its runs were timed in NCHW, the layout of their training

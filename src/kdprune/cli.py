@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--latency", nargs="?", type=int, const=64, default=None, metavar="BATCH",
                     help="channel pruning: also time every pruned model against the dense one on this machine "
                          "(PyTorch eager, batch BATCH, default 64; --threads applies) and plot accuracy vs latency")
+    rp.add_argument("--latency-nchw", action="store_true",
+                    help="time the models in NCHW instead of channels_last (kdprune's default layout since 0.2)")
     sub.add_parser("models", help="list the architectures")
     sub.add_parser("methods", help="list the pruning methods")
     for sp in sub.choices.values():  # --threads also after the command (there it wins over one before it)
@@ -96,6 +98,8 @@ def _deploy(args: argparse.Namespace) -> int:
 
     if args.command == "inspect":
         r = exporting.inspect(args.run, args.arch, args.image_size)
+        if r["nonfinite"]:
+            print(f"kdprune: {exporting.nonfinite_warning(r['nonfinite'])}", file=sys.stderr)
         print(json.dumps(r, indent=2) if args.json else exporting.format_inspect(r), end="\n" if args.json else "")
         return 0
     r = exporting.export(args.run, args.format, args.output, args.arch, args.fp16, args.image_size)
@@ -126,7 +130,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             from kdprune.threads import set_threads
 
             set_threads(args.threads)
-        r = write_report(args.runs, args.out, args.published, latency_batch=args.latency)
+        r = write_report(args.runs, args.out, args.published, latency_batch=args.latency,
+                         latency_channels_last=not args.latency_nchw)
         print(r["markdown"])
         print(f"{r['rows']} results -> {args.out}/: {', '.join(r['files'])}")
         return 0

@@ -6,6 +6,9 @@
   ``cifar-100-python/``), read exactly as published; ``--data-dir`` may name the folder or its parent.
 * ``tinyimagenet``: the official ``tiny-imagenet-200/`` layout, decoded once with Pillow and cached as
   a uint8 ``.npy`` pair next to the data. The val split is the test split (test labels are not public).
+* ``folder``: your own images, ``DIR/train/<class>/*`` and ``DIR/test/<class>/*`` (or ``DIR/val/``), any
+  format Pillow reads; decoded once (at ``--image-size`` when given), 1 channel when every image is
+  grayscale, else RGB. The classes are the sorted train subfolder names.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class ImageDataset:
     num_classes: int
     pad: int  # random-crop padding used for training augmentation
     flip: bool  # random horizontal flip for training augmentation
+    classes: list[str] | None = None  # class names by label, where the dataset has them
 
     @property
     def in_channels(self) -> int:
@@ -41,11 +45,22 @@ class ImageDataset:
         return int(self.train_x.shape[-1])
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std of the training images, in [0, 1] units."""
-        x = self.train_x.to(torch.float64) / 255.0
-        mean = x.mean(dim=(0, 2, 3))
-        std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
-        return mean.tolist(), std.tolist()
+        """Per-channel mean and std of the training images, in [0, 1] units (computed once per dataset)."""
+        cached = self.__dict__.get("_stats")
+        if cached is None or cached[0] is not self.train_x:
+            x = self.train_x.to(torch.float64) / 255.0
+            mean = x.mean(dim=(0, 2, 3))
+            std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+            del x
+            cached = self.__dict__["_stats"] = (self.train_x, mean.tolist(), std.tolist())
+        return list(cached[1]), list(cached[2])
+
+    def describe(self) -> dict:
+        """What a run folder's ``dataset.json`` records: enough to feed the model new images."""
+        mean, std = self.channel_stats()
+        return {"dataset": self.name, "num_classes": self.num_classes, "in_channels": self.in_channels,
+                "image_size": self.image_size, "mean": mean, "std": std,
+                "classes": list(self.classes) if self.classes is not None else None}
 
     def resized(self, size: int) -> "ImageDataset":
         """The same images at ``size`` x ``size`` (area averaging when shrinking, bilinear when growing),
@@ -65,7 +80,7 @@ class ImageDataset:
 
         pad = max(1, round(self.pad * size / self.image_size)) if self.pad else 0
         return ImageDataset(self.name, one(self.train_x), self.train_y, one(self.test_x), self.test_y,
-                            self.num_classes, pad, self.flip)
+                            self.num_classes, pad, self.flip, self.classes)
 
     def validate(self) -> "ImageDataset":
         for split, x, y in (("train", self.train_x, self.train_y), ("test", self.test_x, self.test_y)):
@@ -99,6 +114,7 @@ def load_digits_dataset(data_dir: str | None = None, download: bool = False) -> 
     return ImageDataset(
         "digits", torch.from_numpy(images[train]), torch.from_numpy(labels[train]),
         torch.from_numpy(images[test]), torch.from_numpy(labels[test]), 10, pad=1, flip=False,
+        classes=[str(i) for i in range(10)],
     ).validate()
 
 
@@ -152,6 +168,17 @@ def _find_folder(data_dir: str | None, folder: str, dataset: str, marker: str) -
                     f"pass the folder or its parent, or add --download")
 
 
+def _read_cifar_names(path: Path, key: bytes, n: int) -> list[str] | None:
+    """The class names of a CIFAR meta file (``batches.meta`` / ``meta``); None when absent or unreadable."""
+    try:
+        with open(path, "rb") as f:
+            d = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+        names = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in d[key]]
+    except Exception:
+        return None
+    return names if len(names) == n else None
+
+
 def _load_cifar(data_dir: str | None, download: bool, hundred: bool) -> ImageDataset:
     name = "cifar100" if hundred else "cifar10"
     folder = "cifar-100-python" if hundred else "cifar-10-batches-py"
@@ -168,8 +195,11 @@ def _load_cifar(data_dir: str | None, download: bool, hundred: bool) -> ImageDat
         tx = np.concatenate([p[0] for p in parts])
         ty = np.concatenate([p[1] for p in parts])
         vx, vy = _read_cifar_batch(root / "test_batch", b"labels")
+    n = 100 if hundred else 10
+    classes = (_read_cifar_names(root / "meta", b"fine_label_names", n) if hundred
+               else _read_cifar_names(root / "batches.meta", b"label_names", n))
     return ImageDataset(name, torch.from_numpy(tx), torch.from_numpy(ty), torch.from_numpy(vx),
-                        torch.from_numpy(vy), 100 if hundred else 10, pad=4, flip=True).validate()
+                        torch.from_numpy(vy), n, pad=4, flip=True, classes=classes).validate()
 
 
 def load_cifar10(data_dir: str | None = None, download: bool = False) -> ImageDataset:
@@ -260,6 +290,142 @@ def load_tinyimagenet(data_dir: str | None = None, download: bool = False) -> Im
     return ImageDataset(
         "tinyimagenet", torch.from_numpy(arrays["tx"]), torch.from_numpy(arrays["ty"]),
         torch.from_numpy(arrays["vx"]), torch.from_numpy(arrays["vy"]), len(wnids), pad=8, flip=True,
+        classes=wnids,
+    ).validate()
+
+
+# ------------------------------------------------------------------------------------- image folder
+
+FOLDER_LAYOUT = "DIR/train/<class>/*, DIR/test/<class>/* (or DIR/val/<class>/*)"
+_GRAY_MODES = {"1", "L", "LA", "La", "I", "F"}  # and every "I;16..." mode
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def _class_folders(split: Path) -> dict[str, Path]:
+    return {d.name: d for d in sorted(split.iterdir()) if _visible(d) and d.is_dir()}
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The non-hidden files under ``folder`` (subfolders included, hidden ones skipped), sorted."""
+    out = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).parts
+        if all(not part.startswith(".") for part in rel) and p.is_file():
+            out.append(p)
+    return out
+
+
+def _one_line(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _decode_one(path: Path, size: int | None) -> np.ndarray:
+    """One image as uint8 [H, W] (grayscale) or [H, W, 3] (anything else), resized to size x size if asked."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)  # photos are stored sideways with an orientation tag
+            mode = im.mode
+            if mode.startswith("I;16") or mode in ("I", "F"):  # 16-bit, 32-bit or float grayscale: to 8 bits
+                a = np.asarray(im, dtype=np.float64)
+                peak = float(a.max()) if a.size else 0.0
+                if mode.startswith("I;16") or peak > 255:
+                    top = 65535.0  # a 16-bit range
+                else:
+                    top = 1.0 if mode == "F" and peak <= 1.0 else 255.0
+                im = Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+            else:
+                im = im.convert("L" if mode in _GRAY_MODES else "RGB")
+            if size is not None and im.size != (size, size):
+                shrink = size <= min(im.size)
+                im = im.resize((size, size), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        raise UserError(f"cannot decode image {path} ({_one_line(e)})") from None
+
+
+def _decode_folder_split(files: list[Path], size: int | None, desc: str) -> list[np.ndarray]:
+    from tqdm import tqdm
+
+    return [_decode_one(p, size) for p in tqdm(files, desc=desc, unit="img", leave=False, disable=None)]
+
+
+def load_folder(data_dir: str | None = None, download: bool = False, image_size: int | None = None) -> ImageDataset:
+    """Your own images: ``DIR/train/<class>/*`` and ``DIR/test/<class>/*`` (or ``DIR/val/<class>/*``)."""
+    if download:
+        raise UserError("--dataset folder reads your own images: drop --download")
+    if not data_dir:
+        raise UserError(f"--dataset folder needs --data-dir DIR laid out as {FOLDER_LAYOUT}")
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UserError(f"--data-dir {root} does not exist (or is not a folder)")
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise UserError(f"no {train_dir} folder: --dataset folder expects {FOLDER_LAYOUT}")
+    test_dir = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
+    if test_dir is None:
+        raise UserError(f"no {root / 'test'} or {root / 'val'} folder: --dataset folder expects {FOLDER_LAYOUT}")
+    train_classes = _class_folders(train_dir)
+    test_classes = _class_folders(test_dir)
+    classes = list(train_classes)
+    if len(classes) < 2:
+        raise UserError(f"{train_dir} holds {len(classes)} class folder{'s' if len(classes) != 1 else ''}; "
+                        f"a classifier needs at least 2 ({FOLDER_LAYOUT})")
+    missing = [c for c in classes if c not in test_classes]
+    if missing:
+        raise UserError(f"{test_dir} has no folder for the class{'es' if len(missing) > 1 else ''} "
+                        f"{', '.join(missing)} (found in {train_dir})")
+    unknown = [c for c in test_classes if c not in train_classes]
+    if unknown:
+        raise UserError(f"{test_dir} holds the class{'es' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                        f"that {train_dir} does not have")
+    splits = {}
+    for split_dir, folders in ((train_dir, train_classes), (test_dir, test_classes)):
+        files, labels = [], []
+        for label, c in enumerate(classes):
+            imgs = _image_files(folders[c])
+            if not imgs:
+                raise UserError(f"no images in the class folder {folders[c]}")
+            files += imgs
+            labels += [label] * len(imgs)
+        splits[split_dir.name] = (files, labels)
+    decoded = {name: _decode_folder_split(files, image_size, f"decoding {root.name or root}/{name}")
+               for name, (files, _) in splits.items()}
+    if image_size is None:  # every image as it is: they must share one square size
+        sizes: dict[tuple[int, int], list[Path]] = {}
+        for name, arrays in decoded.items():
+            for p, a in zip(splits[name][0], arrays):
+                sizes.setdefault((a.shape[1], a.shape[0]), []).append(p)
+        if len(sizes) > 1:
+            found = sorted(sizes.items(), key=lambda kv: -len(kv[1]))
+            listed = ", ".join(f"{w}x{h} ({len(ps)} image{'s' if len(ps) > 1 else ''}, e.g. {ps[0]})"
+                               for (w, h), ps in found[:4])
+            more = f" and {len(found) - 4} more sizes" if len(found) > 4 else ""
+            raise UserError(f"the images in {root} differ in size: {listed}{more}; pass --image-size N to resize "
+                            f"them all to N x N")
+        (w, h), ps = next(iter(sizes.items()))
+        if w != h:
+            raise UserError(f"the images in {root} are {w}x{h}, not square; pass --image-size N to resize them to N x N")
+    gray = all(a.ndim == 2 for arrays in decoded.values() for a in arrays)
+
+    def stack(arrays: list[np.ndarray]) -> torch.Tensor:
+        if gray:
+            return torch.from_numpy(np.stack(arrays)[:, None])
+        out = np.stack([a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2) for a in arrays])
+        return torch.from_numpy(out.transpose(0, 3, 1, 2).copy())
+
+    (train_files, train_labels), (test_files, test_labels) = splits.values()
+    tx, vx = (stack(decoded[name]) for name in splits)
+    decoded.clear()
+    size = int(tx.shape[-1])
+    return ImageDataset(
+        "folder", tx, torch.tensor(train_labels, dtype=torch.int64), vx, torch.tensor(test_labels, dtype=torch.int64),
+        len(classes), pad=max(1, round(size / 8)), flip=True, classes=classes,
     ).validate()
 
 
@@ -268,10 +434,16 @@ DATASETS: dict[str, Callable[..., ImageDataset]] = {
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
     "tinyimagenet": load_tinyimagenet,
+    "folder": load_folder,
 }
+_DECODES_AT_SIZE = {"folder"}  # readers that take image_size (the others are resized after loading)
 
 
-def load_dataset(name: str, data_dir: str | None = None, download: bool = False) -> ImageDataset:
+def load_dataset(name: str, data_dir: str | None = None, download: bool = False,
+                 image_size: int | None = None) -> ImageDataset:
+    """The dataset ``name``; ``image_size`` lets a reader that decodes images do so at that size (the
+    others ignore it: resize their result with :meth:`ImageDataset.resized`)."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    return DATASETS[name](data_dir=data_dir, download=download)
+    extra = {"image_size": image_size} if name in _DECODES_AT_SIZE and image_size else {}
+    return DATASETS[name](data_dir=data_dir, download=download, **extra)

@@ -21,7 +21,8 @@ class TensorLoader:
 
     ``images``: ``[N, C, H, W]``, either uint8 in 0..255 (as datasets are stored) or float in [0, 1].
     ``mean``/``std``: per-channel, in [0, 1] units for both (as torchvision's ``Normalize`` after
-    ``ToTensor``); by default the images' own per-channel statistics. ``train=True`` shuffles and
+    ``ToTensor``); by default the images' own per-channel statistics. A test or validation loader must use
+    the training split's: ``stats=train_loader`` takes them from a TensorLoader (or a ``(mean, std)`` pair). ``train=True`` shuffles and
     augments (``pad``-padded random crop, horizontal ``flip``); ``train=False`` keeps the order.
     """
 
@@ -42,6 +43,7 @@ class TensorLoader:
         world_size: int = 1,
         channels_last: bool = False,
         drop_last: bool | None = None,
+        stats: "TensorLoader | tuple | None" = None,
     ):
         self.device = torch.device(device)
         self.images = images.to(self.device)
@@ -56,6 +58,12 @@ class TensorLoader:
             raise UserError(f"TensorLoader wants images [N, C, H, W] and N labels, got {tuple(images.shape)} "
                             f"and {len(labels)} labels")
         c = images.shape[1]
+        if stats is not None:
+            if mean is not None or std is not None:
+                raise UserError("TensorLoader: give stats= or mean=/std=, not both")
+            mean, std = stats.stats if isinstance(stats, TensorLoader) else stats
+            if len(mean) != c or len(std) != c:
+                raise UserError(f"TensorLoader: stats= has {len(mean)} channels, the images {c}")
         if mean is None or std is None:
             x = images.to(torch.float64) / (255.0 if images.dtype == torch.uint8 else 1.0)
             mean = x.mean(dim=(0, 2, 3)).tolist() if mean is None else mean
@@ -64,6 +72,7 @@ class TensorLoader:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * scale
         self.inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * scale)
         self.scale = scale
+        self.stats = (list(map(float, mean)), list(map(float, std)))  # [0, 1] units: stats= of another loader
         n = len(self.labels)
         # Training drops the ragged last batch (BatchNorm cannot train on a batch of one) when it can.
         self.drop_last = (train and n // world_size >= batch_size) if drop_last is None else drop_last

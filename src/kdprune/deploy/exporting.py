@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from kdprune.deploy.sparse_format import is_sparse_file, load_sparse, save_sparse
+from kdprune.deploy.sparse_format import is_sparse_file, load_sparse, read_metadata, save_sparse
 from kdprune.errors import UserError
 from kdprune.io import atomic_path, is_safetensors, read_json, save_tensors
 from kdprune.models import create_model
@@ -20,6 +20,58 @@ IMAGE_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "tinyimagenet": 64}
 
 def _weights_file(src: Path) -> Path:
     return src / "model.safetensors" if src.is_dir() else src
+
+
+DATASET_KEYS = ("classes", "mean", "std")  # what an export carries from the run's dataset.json
+
+
+def _dataset_meta(src: Path, wfile: Path) -> dict:
+    """``classes``, ``mean``, ``std`` (and ``image_size``) of the run that trained ``wfile``: its
+    ``dataset.json`` (in the run folder, beside the weights, or up to two folders above them, as in
+    ``sparsity-0.9/kd/``), else the metadata an export of it carries; {} when neither exists."""
+    folder = wfile.parent
+    for d in dict.fromkeys(([src] if src.is_dir() else []) + [folder, folder.parent, folder.parent.parent]):
+        f = d / "dataset.json"
+        if f.is_file():
+            try:
+                meta = read_json(f)
+            except (OSError, ValueError):
+                return {}  # unreadable: the weights still export, without it
+            return {k: meta.get(k) for k in DATASET_KEYS + ("image_size",)} if isinstance(meta, dict) else {}
+    if is_safetensors(wfile):
+        import json
+
+        stored = read_metadata(wfile)
+        out = {}
+        for k in DATASET_KEYS:
+            try:
+                out[k] = json.loads(stored[k]) if k in stored else None
+            except ValueError:
+                out[k] = None
+        return out if any(v is not None for v in out.values()) else {}
+    return {}
+
+
+def _add_dataset_meta(info: dict, meta: dict) -> None:
+    """Put the recorded dataset facts that fit these weights into ``info`` (a class list of another length,
+    or statistics of another channel count, belong to another model and are left out)."""
+    classes, mean, std = (meta.get(k) for k in DATASET_KEYS)
+    if isinstance(classes, list) and all(isinstance(c, str) for c in classes) and (
+            info["num_classes"] is None or len(classes) == info["num_classes"]):
+        info["classes"] = classes
+    stats_ok = all(isinstance(v, list) and all(isinstance(x, (int, float)) for x in v) and (
+        info["in_channels"] is None or len(v) == info["in_channels"]) for v in (mean, std))
+    if stats_ok:
+        info["mean"], info["std"] = mean, std
+    if not info["image_size"] and isinstance(meta.get("image_size"), int):
+        info["image_size"] = meta["image_size"]
+
+
+def export_metadata(info: dict) -> dict[str, str]:
+    """The recorded class names and normalisation as JSON strings (safetensors and ONNX metadata)."""
+    import json
+
+    return {k: json.dumps(info[k]) for k in DATASET_KEYS if info.get(k) is not None}
 
 
 def describe_source(src: str | Path, arch: str | None = None) -> dict:
@@ -54,6 +106,7 @@ def describe_source(src: str | Path, arch: str | None = None) -> dict:
     info["in_channels"] = int(next(w for w in weights if w.dim() == 4).shape[1]) if any(w.dim() == 4 for w in weights) else None
     info["num_classes"] = int([w for w in weights if w.dim() == 2][-1].shape[0]) if any(w.dim() == 2 for w in weights) else None
     info["image_size"] = info.pop("resized", None) or IMAGE_SIZE.get(info["dataset"] or "", None)
+    _add_dataset_meta(info, _dataset_meta(src, wfile))
     return info
 
 
@@ -74,6 +127,20 @@ def build_model(info: dict) -> nn.Module:
     except RuntimeError as e:
         raise UserError(f"{info['weights']} does not match {info['arch']}: {str(e).splitlines()[-1].strip()}") from None
     return model.eval()
+
+
+def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating tensors holding NaN or infinity (a corrupt file, or training that diverged)."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def _names(keys: list[str], most: int = 10) -> str:
+    return ", ".join(keys[:most]) + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
+
+def nonfinite_warning(keys: list[str]) -> str:
+    return (f"warning: NaN or infinite values in {len(keys)} tensors ({_names(keys)}): the file is corrupt or its "
+            "training diverged; its sparsity and counts are not meaningful")
 
 
 def _macs(model: nn.Module, in_channels: int, size: int) -> tuple[int, int]:
@@ -107,7 +174,7 @@ def inspect(src: str | Path, arch: str | None = None, image_size: int | None = N
     report = {"source": info["weights"], "arch": info["arch"], "layers": rows,
               "sparsity": 1 - prunable_nz / max(prunable, 1), "prunable_params": prunable,
               "prunable_nonzero": prunable_nz, "total_params": total, "nonzero_params": nonzero,
-              "compression_ratio": total / max(nonzero, 1)}
+              "compression_ratio": total / max(nonzero, 1), "nonfinite": nonfinite_tensors(state)}
     size = image_size or info["image_size"]
     if info["arch"] and size:
         report["dense_macs"], report["nonzero_macs"] = _macs(build_model(info), info["in_channels"], size)
@@ -116,6 +183,9 @@ def inspect(src: str | Path, arch: str | None = None, image_size: int | None = N
     if info.get("widths") and metrics.is_file():  # channel pruning: what the model was before
         m = read_json(metrics)
         report.update({k: m[k] for k in ("macs_before", "params_before") if k in m})
+    if any(info.get(k) is not None for k in DATASET_KEYS):  # recorded by the run (dataset.json)
+        report["num_classes"] = info["num_classes"]
+        report.update({k: info[k] for k in DATASET_KEYS if info.get(k) is not None})
     return report
 
 
@@ -128,8 +198,10 @@ def _is_parameter(key: str, value: torch.Tensor) -> bool:
 
 
 def format_inspect(r: dict) -> str:
-    lines = [f"{r['source']} ({r['arch'] or 'architecture unknown'})", "",
-             f"{'layer':34s} {'shape':>18s} {'params':>10s} {'non-zero':>10s} {'density':>8s}"]
+    lines = [f"{r['source']} ({r['arch'] or 'architecture unknown'})", ""]
+    if r.get("nonfinite"):
+        lines[1:1] = [nonfinite_warning(r["nonfinite"])]
+    lines.append(f"{'layer':34s} {'shape':>18s} {'params':>10s} {'non-zero':>10s} {'density':>8s}")
     for row in r["layers"]:
         shape = "x".join(map(str, row["shape"]))
         lines.append(f"{row['name']:34s} {shape:>18s} {row['params']:>10,d} {row['nonzero']:>10,d} "
@@ -145,6 +217,14 @@ def format_inspect(r: dict) -> str:
         lines.append(f"MACs per {r['image_size']}x{r['image_size']} image: {r['dense_macs']:,} (before channel pruning "
                      f"{r['macs_before']:,}: {r['macs_before'] / max(r['dense_macs'], 1):.2f}x fewer); parameters "
                      f"{r['total_params']:,} (before {r['params_before']:,})")
+    if r.get("classes") is not None:
+        names = ", ".join(r["classes"][:5]) + (", ..." if len(r["classes"]) > 5 else "")
+        lines.append(f"classes: {len(r['classes'])} ({names})")
+    elif "num_classes" in r:
+        lines.append(f"classes: {r['num_classes']}")
+    if r.get("mean") is not None:
+        lines.append("normalisation: mean " + ", ".join(f"{v:.4f}" for v in r["mean"]) + "; std "
+                     + ", ".join(f"{v:.4f}" for v in r["std"]))
     return "\n".join(lines) + "\n"
 
 
@@ -168,7 +248,8 @@ def export(src: str | Path, fmt: str, output: str | Path | None = None, arch: st
         raise UserError("cannot tell the input image size; pass --image-size")
     model = build_model(info) if fmt == "onnx" else None
     result = write_export(out, fmt, info["state"], model=model, fp16=fp16, arch=info["arch"] or "",
-                          input_shape=(info["in_channels"], size, size) if size else None, atol=atol)
+                          input_shape=(info["in_channels"], size, size) if size else None, atol=atol,
+                          metadata=export_metadata(info))
     sparse_src = is_safetensors(src_path) and is_sparse_file(src_path)
     result["dense_file_bytes"] = result["dense_bytes"] if sparse_src else os.path.getsize(src_path)
     result["size_ratio"] = result["bytes"] / result["dense_file_bytes"]
@@ -176,24 +257,31 @@ def export(src: str | Path, fmt: str, output: str | Path | None = None, arch: st
 
 
 def write_export(out: str | Path, fmt: str, state: dict[str, torch.Tensor], *, model: nn.Module | None = None,
-                 fp16: bool = False, arch: str = "", input_shape: tuple | None = None, atol: float = 1e-4) -> dict:
-    """Write ``state`` (or ``model``, for ONNX) to ``out`` as ``fmt``; returns what was written."""
+                 fp16: bool = False, arch: str = "", input_shape: tuple | None = None, atol: float = 1e-4,
+                 metadata: dict[str, str] | None = None) -> dict:
+    """Write ``state`` (or ``model``, for ONNX) to ``out`` as ``fmt``; returns what was written. ``metadata``
+    (string values: the class names and normalisation, see :func:`export_metadata`) goes into the file."""
+    metadata = dict(metadata or {})
     out = Path(out)
     if out.exists() and out.is_dir():
         raise UserError(f"--output {out} is a folder")
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise UserError(f"refusing to export: NaN or infinite values in {len(bad)} tensors ({_names(bad)}); "
+                        "the weights are corrupt or their training diverged")
     dense_bytes = sum(v.numel() * v.element_size() for v in state.values())
     result = {"format": fmt, "output": str(out), "dense_bytes": dense_bytes}
     if fmt == "dense":
-        save_tensors(out, state, {"format": "kdprune-model-v1"})
+        save_tensors(out, state, {**metadata, "format": "kdprune-model-v1"})
     elif fmt == "sparse":
-        save_sparse(out, state, fp16=fp16, meta={"arch": arch})
+        save_sparse(out, state, fp16=fp16, meta={**metadata, "arch": arch})
         back = load_sparse(out)
         if not fp16 and any(not torch.equal(back[k], v) for k, v in state.items()):
             raise RuntimeError("sparse round trip changed the weights")  # a bug, not a user error
     elif fmt == "onnx":
         if model is None or not input_shape:
             raise UserError("ONNX export needs the model and the input shape (channels, height, width)")
-        result.update(export_onnx_checked(model, tuple(input_shape), out, atol))
+        result.update(export_onnx_checked(model, tuple(input_shape), out, atol, metadata=metadata))
     else:
         raise UserError(f"unknown export format {fmt!r}; choose dense, sparse or onnx")
     result["bytes"] = os.path.getsize(out)
@@ -205,9 +293,11 @@ ONNX_INSTALL_HINT = ("ONNX export needs onnx, onnxruntime and onnxscript: pip in
                      "(in a kdprune clone: pip install -e '.[export]')")
 
 
-def export_onnx_checked(model: nn.Module, input_shape: tuple, out: Path, atol: float = 1e-4) -> dict:
+def export_onnx_checked(model: nn.Module, input_shape: tuple, out: Path, atol: float = 1e-4,
+                        metadata: dict[str, str] | None = None) -> dict:
     """Export ``model`` (eval mode, CPU) to ONNX with a dynamic batch axis, then check ONNX Runtime's outputs
-    against PyTorch's on random inputs; the file is only kept when they agree within ``atol``."""
+    against PyTorch's on random inputs; the file is only kept when they agree within ``atol``. ``metadata``
+    goes into the model's ``metadata_props``."""
     import copy
 
     try:
@@ -220,6 +310,13 @@ def export_onnx_checked(model: nn.Module, input_shape: tuple, out: Path, atol: f
     x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(0))
     with atomic_path(out) as tmp:
         exporter = onnx_export(model, x, str(tmp))
+        if metadata:
+            proto = onnx.load(str(tmp))
+            props = {p.key: p for p in proto.metadata_props}
+            for k, v in metadata.items():
+                entry = props.get(k) or proto.metadata_props.add()
+                entry.key, entry.value = k, v
+            onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp))
         sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         xs = torch.randn(8, c, h, w, generator=torch.Generator().manual_seed(1))
@@ -227,8 +324,9 @@ def export_onnx_checked(model: nn.Module, input_shape: tuple, out: Path, atol: f
         with torch.no_grad():
             want = model(xs)
         diff = float((got - want).abs().max())
-        if diff > atol:
-            raise RuntimeError(f"ONNX Runtime output differs from PyTorch by {diff:.2e} (> {atol})")
+        if not diff <= atol:  # NaN compares false both ways: a non-finite difference fails the check too
+            raise UserError(f"ONNX Runtime output differs from PyTorch by {diff:.2e} (more than {atol}); "
+                            f"{out} was not written")
     return {"onnx_max_abs_diff": diff, "image_size": h, "onnx_exporter": exporter}
 
 

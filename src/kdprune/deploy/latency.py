@@ -33,9 +33,13 @@ def median_seconds(fns: dict, repeats: int = 5, warmup: int = 1) -> dict:
     return {k: statistics.median(v) for k, v in interleaved_times(fns, repeats, warmup).items()}
 
 
-def eager_forward(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
-    """One inference-mode forward of ``model`` on ``x`` (synchronised on CUDA), as a timing callable."""
-    model.eval()
+def eager_forward(model: nn.Module, x: torch.Tensor, channels_last: bool = False) -> Callable[[], None]:
+    """One inference-mode forward of ``model`` on ``x`` (synchronised on CUDA), as a timing callable; with
+    ``channels_last`` the model and ``x`` are put in that memory format first (kdprune's training default)."""
+    from kdprune.train.layout import as_layout, set_layout
+
+    set_layout(model.eval(), channels_last)
+    x = as_layout(x, channels_last)
 
     def run() -> None:
         with torch.inference_mode():

@@ -29,7 +29,8 @@ def _f(default, help: str, **kw):
 
 @dataclass
 class CommonConfig:
-    dataset: str = _f("digits", "digits (embedded, no download) | cifar10 | cifar100 | tinyimagenet")
+    dataset: str | None = _f(None, "digits (embedded) | cifar10 | cifar100 | tinyimagenet | folder (DIR/train/<class>/*, "
+                                   "DIR/test/<class>/*); default: digits, or what --data-dir holds")
     data_dir: str | None = _f(None, "folder holding the dataset (its official folder or the parent)")
     download: bool = _f(False, "download and checksum the official archive into --data-dir first")
     image_size: int | None = _f(None, "resize every image to this size once at load (area averaging), e.g. 16 for "
@@ -45,8 +46,11 @@ class CommonConfig:
     seed: int = _f(0, "seed of initialisation, data order and augmentation")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     amp: bool = _f(True, "mixed precision on CUDA (bf16 where supported); ignored on the CPU")
-    channels_last: bool = _f(False, "channels_last memory format (faster convolutions on recent GPUs)")
-    compile: bool = _f(False, "torch.compile the training step")
+    channels_last: bool = _f(True, "channels_last memory format for weights and batches: measured 1.28-1.37x faster "
+                                   "training on CPU, PyTorch's advice for CNNs on CUDA; --no-channels-last keeps NCHW "
+                                   "(a resumed run keeps the format it recorded)")
+    compile: bool = _f(False, "torch.compile the training step (off: on CPU its warm-up outweighs its gain over "
+                              "channels_last for runs shorter than about 7 minutes per stage, see README)")
     out: str = _f("runs/default", "output folder")
     resume: bool = _f(False, "continue the run in --out: finished stages are kept, an interrupted one resumes")
     progress: bool | None = _f(None, "progress bars (default: only on a terminal)")
@@ -324,6 +328,84 @@ def _validate_names_and_files(cfg) -> None:
             raise UserError(f"checkpoint not found: {path} (--{k.replace('_', '-')})")
 
 
+def yaml_error(path, e: Exception) -> UserError:
+    """``FILE:LINE:COLUMN: not valid YAML: <the parser's problem> (<its context>)``, one line."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    cmark = getattr(e, "context_mark", None)
+    if context and cmark is not None:
+        context = f"{context} at line {cmark.line + 1}"
+    return UserError(f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else ""))
+
+
+_ANNOUNCED: set[tuple[str, str]] = set()  # (data_dir, dataset) said once per process (a sweep builds many configs)
+
+
+def _shown(path: str) -> str:
+    return path if path.isprintable() else repr(path)
+
+
+def detect_dataset(root: Path) -> list[str]:
+    """The datasets that the folder ``root`` holds (itself or as its parent): their official markers, or
+    else a ``train/`` folder with class subfolders (``--dataset folder``)."""
+    def has(*parts) -> bool:
+        return (root.joinpath(*parts)).is_file()
+
+    found = []
+    if has("cifar-10-batches-py", "test_batch") or has("test_batch"):
+        found.append("cifar10")
+    if (has("cifar-100-python", "test") and has("cifar-100-python", "meta")) or (has("test") and has("meta")):
+        found.append("cifar100")
+    if has("tiny-imagenet-200", "wnids.txt") or has("wnids.txt"):
+        found.append("tinyimagenet")
+    if not found and (root / "train").is_dir():
+        if any(d.is_dir() and not d.name.startswith(".") for d in (root / "train").iterdir()):
+            found.append("folder")
+    return found
+
+
+def resolve_dataset(cfg):
+    """``cfg`` with ``dataset`` set: digits without ``--data-dir``, else what ``--data-dir`` holds (said on
+    stderr). The resolved name is the one a user would have passed, so run hashes do not change."""
+    import dataclasses
+    import sys
+
+    if cfg.dataset == "digits" and cfg.data_dir:
+        raise UserError("digits is embedded and reads no --data-dir; pass --dataset cifar10|cifar100|tinyimagenet|folder")
+    if cfg.dataset is not None:
+        return cfg
+    if not cfg.data_dir:
+        return dataclasses.replace(cfg, dataset="digits")
+    root = Path(cfg.data_dir)
+    try:
+        exists = root.exists()
+    except (OSError, ValueError):  # a name the file system cannot hold
+        exists = False
+    hint = " (to download, pass --dataset too)" if getattr(cfg, "download", False) else ""
+    if not exists:
+        raise UserError(f"--data-dir {_shown(cfg.data_dir)} does not exist{hint}")
+    if not root.is_dir():
+        raise UserError(f"--data-dir {_shown(cfg.data_dir)} is a file; it names the folder holding the dataset")
+    try:
+        found = detect_dataset(root)
+    except OSError as e:
+        raise UserError(f"cannot read --data-dir {_shown(cfg.data_dir)}: {e.strerror or e}") from None
+    if len(found) != 1:
+        what = f"holds {' and '.join(found)}" if found else (
+            "holds no cifar-10-batches-py/, cifar-100-python/, tiny-imagenet-200/ or train/<class>/ folder")
+        raise UserError(f"cannot tell the dataset: --data-dir {_shown(cfg.data_dir)} {what}; pass --dataset "
+                        f"cifar10|cifar100|tinyimagenet|folder{hint}")
+    from kdprune import distributed
+
+    if (cfg.data_dir, found[0]) not in _ANNOUNCED and distributed.rank() == 0:
+        _ANNOUNCED.add((cfg.data_dir, found[0]))
+        print(f"kdprune: --data-dir {_shown(cfg.data_dir)} holds {found[0]}: using --dataset {found[0]}",
+              file=sys.stderr, flush=True)
+    return dataclasses.replace(cfg, dataset=found[0])
+
+
 def build_config(cls, overrides: dict[str, Any], config_file: str | None = None):
     """Defaults, then the YAML file, then ``overrides`` (already-parsed CLI values)."""
     types_ = _field_types(cls)
@@ -337,7 +419,7 @@ def build_config(cls, overrides: dict[str, Any], config_file: str | None = None)
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"cannot read config file {path}: {e}") from None
         except yaml.YAMLError as e:
-            raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+            raise yaml_error(path, e) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -351,7 +433,7 @@ def build_config(cls, overrides: dict[str, Any], config_file: str | None = None)
         if k not in types_:
             raise UserError(f"unknown option --{k.replace('_', '-')} (see --help for the options)")
         values[k] = coerce(types_[k], v, "--" + k.replace("_", "-"))
-    cfg = cls(**values)
+    cfg = resolve_dataset(cls(**values))
     _validate(cfg)
     return cfg
 

@@ -41,7 +41,8 @@ def _model_key(row: dict) -> tuple:
     return info["arch"], info["num_classes"], info["in_channels"], int(info["image_size"]), widths
 
 
-def measure(rows: list[dict], batch: int = 64, repeats: int = 30) -> dict[int, tuple[float, float, float]]:
+def measure(rows: list[dict], batch: int = 64, repeats: int = 30,
+            channels_last: bool = True) -> dict[int, tuple[float, float, float]]:
     """``id(row) -> (median seconds of the row's model, median seconds of its dense model, speed-up)`` for
     every channel-pruning row (and twin). Each distinct model is built once; all are timed interleaved,
     each sample long enough (about 50 ms) to average out scheduler noise, and the speed-up is the median
@@ -60,7 +61,7 @@ def measure(rows: list[dict], batch: int = 64, repeats: int = 30) -> dict[int, t
         m = create_model(arch, nc, in_ch)
         if widths != "dense":
             apply_widths(m, json.loads(widths))
-        fns[(arch, nc, in_ch, size, widths)] = eager_forward(m, torch.randn(batch, in_ch, size, size))
+        fns[(arch, nc, in_ch, size, widths)] = eager_forward(m, torch.randn(batch, in_ch, size, size), channels_last)
     one = max(statistics.median(v) for v in interleaved_times(fns, repeats=3, warmup=2).values())
     times = interleaved_times(fns, repeats=repeats, warmup=0, inner=max(1, math.ceil(0.05 / max(one, 1e-6))))
     out = {}
@@ -88,20 +89,21 @@ def latency_points(rows: list[dict], labels: dict[int, str], times: dict[int, tu
     return out
 
 
-def where(batch: int) -> str:
+def where(batch: int, channels_last: bool = True) -> str:
     from kdprune.deploy.latency import cpu_name
 
-    return f"PyTorch eager, batch {batch}, {torch.get_num_threads()} thread(s) on {cpu_name()}"
+    layout = "channels_last" if channels_last else "NCHW"
+    return f"PyTorch eager ({layout}), batch {batch}, {torch.get_num_threads()} thread(s) on {cpu_name()}"
 
 
-def latency_markdown(points: dict, batch: int) -> str:
+def latency_markdown(points: dict, batch: int, channels_last: bool = True) -> str:
     lines = []
     for dataset, arch in sorted({k[:2] for k in points}):
         keys = [k for k in points if k[:2] == (dataset, arch)]
         dense_ms = statistics.fmean(points[k]["dense_ms"] for k in keys)
         dense_top1 = statistics.fmean(points[k]["dense_top1"] for k in keys)
         lines += [f"### {dataset}, {arch}: accuracy against measured latency", "",
-                  f"Measured by `kdprune report --latency` ({where(batch)}): every model timed in interleaved "
+                  f"Measured by `kdprune report --latency` ({where(batch, channels_last)}): every model timed in interleaved "
                   f"rounds, speed-up = the median over rounds of the dense model's time over the pruned one's "
                   f"(mean over seeds), measured in the same run. Dense "
                   f"student: {dense_top1:.2f}% at {dense_ms:.2f} ms per batch.", "",
@@ -115,7 +117,7 @@ def latency_markdown(points: dict, batch: int) -> str:
     return "\n".join(lines)
 
 
-def plot_latency(points: dict, dataset: str, path: Path, batch: int) -> None:
+def plot_latency(points: dict, dataset: str, path: Path, batch: int, channels_last: bool = True) -> None:
     """Top-1 against measured speed-up over dense, one line per method and regime through its MACs targets."""
     import matplotlib
 
@@ -143,19 +145,21 @@ def plot_latency(points: dict, dataset: str, path: Path, batch: int) -> None:
     ax.grid(alpha=0.3)
     ax.set_xlim(left=min(0.9, min(points[k]["speedup"] for k in keys) - 0.1))
     ax.legend(fontsize=8, loc="best")
-    ax.set_title(f"{dataset}: accuracy vs measured latency\n{where(batch)}", fontsize=10)
+    ax.set_title(f"{dataset}: accuracy vs measured latency\n{where(batch, channels_last)}", fontsize=10)
     fig.tight_layout()
     _savefig(fig, path)
     plt.close(fig)
 
 
-def write_latency(rows: list[dict], out: Path, batch: int = 64, repeats: int = 30) -> tuple[str, list[str]]:
-    """The latency section of the report and its plots (one per dataset); returns (markdown, files)."""
+def write_latency(rows: list[dict], out: Path, batch: int = 64, repeats: int = 30,
+                  channels_last: bool = True) -> tuple[str, list[str]]:
+    """The latency section of the report and its plots (one per dataset); returns (markdown, files). Models
+    are timed in ``channels_last`` (kdprune's training and evaluation default) or NCHW."""
     labels = _series_label(rows)
-    points = latency_points(rows, labels, measure(rows, batch, repeats))
+    points = latency_points(rows, labels, measure(rows, batch, repeats, channels_last))
     files = []
     for dataset in sorted({k[0] for k in points}):
         name = f"accuracy_vs_latency_{dataset}.png"
-        plot_latency(points, dataset, out / name, batch)
+        plot_latency(points, dataset, out / name, batch, channels_last)
         files.append(name)
-    return latency_markdown(points, batch), files
+    return latency_markdown(points, batch, channels_last), files

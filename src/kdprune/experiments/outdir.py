@@ -11,6 +11,27 @@ from kdprune.io import remove_stale_temps, write_yaml
 
 # Keys that may change between an interrupted run and its resumption.
 _RESUMABLE_KEYS = {"resume", "progress", "device"}
+# How a run computes, not what: a resumed run keeps what it recorded, whatever today's default or flag.
+_RECORDED_KEYS = ("channels_last", "compile")
+
+
+def follow_recorded(cfg, log=None):
+    """``cfg`` with the memory format and compilation that the run in ``--out`` recorded, when resuming it
+    (a run started under another default must not switch layouts half-way: float results would mix)."""
+    saved = Path(cfg.out) / "config.yaml"
+    if not getattr(cfg, "resume", False) or not saved.is_file():
+        return cfg
+    import yaml
+    from dataclasses import replace
+
+    try:
+        old = yaml.safe_load(saved.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return cfg  # prepare_out reports an unreadable config
+    keep = {k: old[k] for k in _RECORDED_KEYS if k in old and hasattr(cfg, k) and old[k] != getattr(cfg, k)}
+    if keep and log is not None:
+        log(f"resuming {cfg.out} with {', '.join(f'{k}={v}' for k, v in keep.items())} as it recorded")
+    return replace(cfg, **keep) if keep else cfg
 
 
 def prepare_out(cfg, command: str, is_main: bool = True) -> Path:

@@ -15,13 +15,14 @@ They orchestrate folders and files on top of the library: the recipes themselves
 
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
 
 from kdprune.errors import UserError
 from kdprune.experiments.config import PruneConfig, RunConfig, TrainConfig
-from kdprune.experiments.outdir import prepare_out
+from kdprune.experiments.outdir import follow_recorded, prepare_out
 from kdprune.experiments.results import format_table
 from kdprune.io import read_jsonl, save_tensors, write_json, write_text
 from kdprune.losses import CrossEntropy
@@ -45,11 +46,32 @@ from kdprune.train import evaluate
 from kdprune.train.stage import make_env, optim_spec, run_training_stage
 
 
+def _log0(msg: str) -> None:
+    from kdprune import distributed
+
+    if distributed.rank() == 0:
+        print(msg, file=sys.stderr, flush=True)
+
+
 # ------------------------------------------------------------------------------------------ train
 
+def _check_models(env, seed: int, archs: dict[str, str]) -> None:
+    """Build each architecture once and put one training batch through it before anything is written: a
+    user's factory (``--arch module:factory``) that fails, ignores the channel or class count, or a model that
+    does not fit the data, is one line naming the model, not an error after the teacher has trained."""
+    from kdprune.data.batches import probe_batch
+
+    probe_batch(env.train, "the training data", {f"{role} ({arch})": build_model(arch, env, seed)
+                                                 for role, arch in archs.items()})
+
+
 def train_dense(cfg: TrainConfig, callbacks=()) -> dict:
+    cfg = follow_recorded(cfg, _log0)
     env = make_env(cfg)
+    _check_models(env, cfg.seed, {"model": cfg.arch})
     out = prepare_out(cfg, "train", env.is_main)
+    if env.is_main:  # what the model expects: class names and the normalisation of the training split
+        write_json(out / "dataset.json", env.data.describe())
     log(env, f"kdprune train: {cfg.dataset} on {describe_compute(env)} -> {out}")
     model = build_model(cfg.arch, env, cfg.seed)
     m = run_training_stage(out, model, CrossEntropy(), optim_spec(cfg), cfg.epochs, env, cfg,
@@ -64,6 +86,7 @@ def train_dense(cfg: TrainConfig, callbacks=()) -> dict:
 def prune_checkpoint(cfg: PruneConfig) -> dict:
     if not cfg.checkpoint:
         raise UserError("prune needs --checkpoint (the model to prune)")
+    cfg = follow_recorded(cfg, _log0)
     if cfg.structure == "channel":
         return prune_channels_checkpoint(cfg)
     crit = get_criterion(cfg.method)
@@ -77,6 +100,8 @@ def prune_checkpoint(cfg: PruneConfig) -> dict:
         teacher = load_weights(build_model(cfg.teacher_arch, env, cfg.seed), cfg.teacher_checkpoint, cfg.teacher_arch, nc)
         teacher.eval().requires_grad_(False)
     out = prepare_out(cfg, "prune", env.is_main)
+    if env.is_main:  # what the model expects: class names and the normalisation of the training split
+        write_json(out / "dataset.json", env.data.describe())
     log(env, f"kdprune prune: {cfg.dataset} on {describe_compute(env)} -> {out}")
     dense_top1 = evaluate(model, env.test, cfg.amp)["top1"]
     params = prunable_parameters(model, cfg.prune_first, cfg.prune_last)
@@ -114,12 +139,16 @@ def run_pipeline(cfg: RunConfig, callbacks=()) -> list[dict]:
     """Run ``cfg.method``'s recipe at every sparsity and regime; returns the result rows."""
     method = method_or_structured(cfg)
     t_start = time.perf_counter()
+    cfg = follow_recorded(cfg, _log0)
     env = make_env(cfg)
-    # Given checkpoints are checked before anything is written.
+    # Given checkpoints, and the models themselves, are checked before anything is written.
     for path, arch in ((cfg.teacher_checkpoint, cfg.teacher_arch), (cfg.student_checkpoint, cfg.arch)):
         if path:
             load_weights(build_model(arch, env, cfg.seed), path, arch, env.data.num_classes)
+    _check_models(env, cfg.seed, {"student": cfg.arch, "teacher": cfg.teacher_arch})
     out = prepare_out(cfg, "run", env.is_main)
+    if env.is_main:  # what the model expects: class names and the normalisation of the training split
+        write_json(out / "dataset.json", env.data.describe())
     log(env, f"kdprune run: {cfg.dataset} on {describe_compute(env)} -> {out}")
     ctx = RunContext(cfg, env, out, tuple(callbacks), ["plain", "kd"] if cfg.retrain == "both" else [cfg.retrain])
     ctx.done = {result_key(r) for r in read_jsonl(out / "results.jsonl")}
@@ -154,6 +183,8 @@ def prune_channels_checkpoint(cfg: PruneConfig) -> dict:
         teacher = load_weights(build_model(cfg.teacher_arch, env, cfg.seed), cfg.teacher_checkpoint,
                                cfg.teacher_arch, nc)
     out = prepare_out(cfg, "prune", env.is_main)
+    if env.is_main:  # what the model expects: class names and the normalisation of the training split
+        write_json(out / "dataset.json", env.data.describe())
     log(env, f"kdprune prune: {cfg.dataset} on {describe_compute(env)} -> {out}")
     dense_top1 = evaluate(model, env.test, cfg.amp)["top1"]
     t0 = time.perf_counter()

@@ -484,7 +484,7 @@ def plot_radar(agg: dict, path: Path, levels=RADAR_LEVELS) -> bool:
 
 
 def write_report(paths: list[str | Path], out: str | Path, published: str | Path | None = None,
-                 latency_batch: int | None = None) -> dict:
+                 latency_batch: int | None = None, latency_channels_last: bool = True) -> dict:
     """Write the report of the results under ``paths`` into ``out``; ``latency_batch`` adds accuracy
     against latency measured here (:mod:`kdprune.experiments.latency_report`)."""
     out = Path(out)
@@ -503,7 +503,7 @@ def write_report(paths: list[str | Path], out: str | Path, published: str | Path
     if latency_batch:
         from kdprune.experiments.latency_report import write_latency
 
-        lat_md, files = write_latency(rows, out, latency_batch)
+        lat_md, files = write_latency(rows, out, latency_batch, channels_last=latency_channels_last)
         md = md.rstrip("\n") + "\n\n" + lat_md
         written += files
     write_text(out / "results.md", md)

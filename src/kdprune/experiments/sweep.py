@@ -32,7 +32,7 @@ import yaml
 from kdprune import distributed
 from kdprune.distributed import barrier, synced
 from kdprune.errors import UserError
-from kdprune.experiments.config import RunConfig, build_config, identity
+from kdprune.experiments.config import RunConfig, build_config, identity, yaml_error
 from kdprune.experiments.store import add_rows, all_rows, readable, set_aside
 from kdprune.methods.registry import method_or_structured
 
@@ -56,7 +56,7 @@ def load_sweep(path: str | Path) -> tuple[Path, list[RunConfig]]:
     except FileNotFoundError:
         raise UserError(f"sweep file not found: {path}") from None
     except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise yaml_error(path, e) from None
     if not isinstance(spec, dict) or set(spec) - {"out", "grid", "base"}:
         raise UserError(f"{path}: expected the keys out, grid and base")
     grids, base = spec.get("grid") or {}, spec.get("base") or {}
@@ -258,10 +258,33 @@ def _quiet(_msg: str) -> None:
     pass
 
 
+def _check_recorded_layout(path, out: Path, configs: list[RunConfig]) -> None:
+    """A sweep whose YAML leaves ``channels_last`` to the default, in a folder of runs made under another
+    default, would train its remaining grid points in another memory format beside the finished ones (new run
+    hashes, so the finished ones would look undone). Refuse, and say which line keeps the sweep whole."""
+    spec = yaml.safe_load(Path(path).read_text()) or {}
+    grids = spec.get("grid") or {}
+    given = set(spec.get("base") or {}) | {k for g in (grids if isinstance(grids, list) else [grids]) for k in g}
+    if {"channels_last", "channels-last"} & given or not configs:
+        return
+    planned = configs[0].channels_last
+    for saved in sorted((out / "runs").glob("*/config.yaml")):
+        try:
+            recorded = (yaml.safe_load(saved.read_text()) or {}).get("channels_last", planned)
+        except (OSError, yaml.YAMLError):
+            continue
+        if recorded != planned:
+            word = str(recorded).lower()
+            raise UserError(f"{out} holds runs made with channels_last: {word} (the default then); add "
+                            f"'channels_last: {word}' to base in {path} to finish this sweep in that format, or "
+                            f"'channels_last: {str(planned).lower()}' to start new runs beside them")
+
+
 def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print, threads: int | None = None) -> list[dict]:
     """Run (or resume) every grid point of ``path``; ``threads`` is the total over the ``jobs`` workers
     (default: the idle cores, :mod:`kdprune.threads`)."""
     out, configs = load_sweep(path)
+    _check_recorded_layout(path, out, configs)
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     if distributed.is_distributed():

@@ -27,6 +27,7 @@ from kdprune.pruning.prunable import unwrap
 from kdprune.pruning.threshold import prune_masks
 from kdprune.train import Callback, evaluate
 from kdprune.train.engine import OptimSpec
+from kdprune.train.layout import set_layout
 from kdprune.train.stage import Env, is_finished, optim_spec, run_training_stage
 
 
@@ -41,7 +42,8 @@ def config_dict(cfg) -> dict:
 
 def build_model(arch: str, env: Env, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return create_model(arch, env.data.num_classes, env.data.in_channels).to(env.device)
+    model = create_model(arch, env.data.num_classes, env.data.in_channels).to(env.device)
+    return set_layout(model, env.train.channels_last)
 
 
 def distillation(cfg) -> Distillation:

@@ -1,7 +1,15 @@
-"""A small model registry in the style of timm: a decorator registers a constructor by name."""
+"""A small model registry in the style of timm: a decorator registers a constructor by name.
+
+Besides the registered names, an architecture may be a ``module:factory`` string naming any importable
+callable that returns an ``nn.Module`` (the user's own model); the current working directory is importable.
+"""
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import os
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -34,9 +42,72 @@ def list_models() -> list[str]:
 
 
 def model_info(name: str) -> ModelInfo:
-    if name not in _REGISTRY:
-        raise UserError(f"unknown architecture {name!r}; choose one of: {', '.join(list_models())}")
-    return _REGISTRY[name]
+    """A registered architecture, or a user's ``module:factory`` (imported and checked to be callable here,
+    called only by :func:`create_model`)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if isinstance(name, str) and ":" in name:
+        return _user_model(name)
+    raise UserError(f"unknown architecture {name!r}; choose one of: {', '.join(list_models())}, "
+                    "or module:factory for your own model")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
+
+
+def _user_model(spec: str) -> ModelInfo:
+    """Import ``module:factory`` (attributes may be dotted: ``module:Class.build``) and check it is callable."""
+    module_name, _, attr = spec.partition(":")
+    module_name, attr = module_name.strip(), attr.strip()
+    if not module_name or not attr or ":" in attr:
+        raise UserError(f"architecture {spec!r}: expected module:factory, e.g. mymodels:my_cnn")
+    cwd = os.getcwd()
+    if cwd not in sys.path:  # a mymodels.py next to where kdprune runs is importable, as with uvicorn/gunicorn
+        sys.path.insert(0, cwd)
+        importlib.invalidate_caches()
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"architecture {spec!r}: cannot import module {module_name!r} ({_first_line(e)})") from None
+    except Exception as e:  # a SyntaxError or any error raised while the module runs
+        raise UserError(f"architecture {spec!r}: importing module {module_name!r} raised "
+                        f"{type(e).__name__}: {_first_line(e)}") from None
+    for i, part in enumerate(attr.split(".")):
+        if not hasattr(obj, part):
+            owner = ".".join([module_name] + attr.split(".")[:i]) if i else f"module {module_name!r}"
+            raise UserError(f"architecture {spec!r}: {owner} has no attribute {part!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UserError(f"architecture {spec!r}: {attr} is not callable (type {type(obj).__name__}); name a "
+                        "function or class that returns an nn.Module")
+
+    def construct(num_classes: int, in_channels: int = 3) -> nn.Module:
+        kwargs = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels))
+                  if _accepts(obj, k)}
+        try:
+            model = obj(**kwargs)
+        except UserError:
+            raise
+        except Exception as e:
+            passed = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+            raise UserError(f"architecture {spec!r}: calling {attr}({passed}) raised "
+                            f"{type(e).__name__}: {_first_line(e)}") from None
+        if not isinstance(model, nn.Module):
+            raise UserError(f"architecture {spec!r}: {attr} returned {type(model).__name__}, not an nn.Module")
+        return model
+
+    return ModelInfo(spec, "user", f"user model {spec}", construct)
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` takes ``name=`` as a keyword (a ``**kwargs`` parameter takes any)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature (some builtins): pass what the data needs
+        return True
+    return any(p.kind is p.VAR_KEYWORD or (p.name == name and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+               for p in params)
 
 
 def create_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:

@@ -11,16 +11,33 @@ from kdprune.errors import UserError
 from kdprune.io import is_safetensors, load_tensors
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
+
+
+def _wrapper_prefix(state: dict) -> str | None:
+    return next((p for p in _WRAPPER_PREFIXES if state and all(k.startswith(p) for k in state)), None)
+
+
+def strip_wrappers(state: dict[str, torch.Tensor], until: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """The state_dict of the model inside DDP / torch.compile wrappers (a prefix every key shares); with
+    ``until`` (a model's keys), only as many prefixes as it takes to reach those keys."""
+    while (until is None or set(state) != until) and (prefix := _wrapper_prefix(state)):
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
+    return state
+
+
+def read_state_dict(path: str | Path, unwrap: bool = True) -> dict[str, torch.Tensor]:
     """A plain state_dict from ``model.safetensors``, a kdprune ``checkpoint.pt``, a ``.pt``/``.pth``
-    state_dict, or a run folder (its ``model.safetensors``)."""
+    state_dict (loaded with ``weights_only=True``), any safetensors file, or a run folder (its
+    ``model.safetensors``); ``unwrap``: without the prefixes of DDP / torch.compile wrappers."""
     p = Path(path)
     if p.is_dir():
         p = p / "model.safetensors"
     if not p.is_file():
         raise UserError(f"checkpoint not found: {p}")
     if is_safetensors(p):
-        return load_tensors(p)
+        state = load_tensors(p)
+        return strip_wrappers(state) if unwrap else state
     from kdprune.train.checkpoint import load_checkpoint
 
     obj = load_checkpoint(p)
@@ -31,12 +48,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
         raise UserError(f"{p} holds no state_dict of tensors")
     # Accept checkpoints saved from DDP or torch.compile wrappers.
-    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
+    return strip_wrappers(obj) if unwrap else obj
 
 
 def load_weights(model: nn.Module, path: str | Path, arch: str, num_classes: int) -> nn.Module:
-    state = read_state_dict(path)
+    state = read_state_dict(path, unwrap=False)
     own = model.state_dict()
+    state = strip_wrappers(state, until=set(own))  # a model's own keys may start like a wrapper's
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     what = f"checkpoint {path} does not match {arch} with {num_classes} classes"

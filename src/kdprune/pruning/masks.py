@@ -41,7 +41,8 @@ class MaskSet:
                                 f"mask has {tuple(m.shape)}")
         self._params = [params[k] for k in self.masks]
         self.masks = {k: m.to(params[k].device) for k, m in self.masks.items()}
-        self._fmasks = [m.to(p.dtype) for m, p in zip(self.masks.values(), self._params)]
+        # float masks in each parameter's own strides (channels_last or not): the foreach multiply's fast path
+        self._fmasks = [torch.empty_like(p.detach()).copy_(m) for m, p in zip(self.masks.values(), self._params)]
         return self
 
     def _bound(self) -> None:

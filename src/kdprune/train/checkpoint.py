@@ -7,6 +7,7 @@ stored next to it in ``checkpoint.pt.sha256`` (written after the checkpoint), an
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -34,4 +35,12 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0]
+        if "Weights only load failed" in first:
+            found = re.search(r"Unsupported (?:global|class):? (?:GLOBAL )?([\w.]+)", str(e))
+            if found:  # a pickled model or other Python objects: never unpickled (weights_only=True)
+                raise UserError(f"cannot read checkpoint {path}: it holds a pickled {found.group(1)}, which kdprune "
+                                "does not unpickle; save a state_dict instead: torch.save(model.state_dict(), "
+                                "'teacher.pt'), or a safetensors file") from None
+            lines = [ln.strip() for ln in str(e).split("WeightsUnpickler error:")[-1].splitlines() if ln.strip()]
+            first = lines[0] if lines else first
         raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {first})") from None

@@ -2,8 +2,9 @@
 
 Per step: forward (teacher under ``inference_mode`` when the objective needs it), loss, backward,
 ``masks.mask_grads_()``, optional gradient clipping, ``optimizer.step()``, ``masks.apply_()``, scheduler
-step. AMP (bf16 where supported, else fp16 with a grad scaler) on CUDA; ``channels_last`` and
-``torch.compile`` optional. Running loss and accuracy stay on the device (no host sync per step).
+step. AMP (bf16 where supported, else fp16 with a grad scaler) on CUDA. The model (and the teacher) and
+every batch are in the ``channels_last`` memory format by default (see :mod:`kdprune.train.layout`);
+``torch.compile`` is optional. Running loss and accuracy stay on the device (no host sync per step).
 After each epoch: evaluation, an atomic checkpoint (model, optimizer, scheduler, scaler, masks,
 history) and ``metrics.jsonl``. ``fit(resume=True)`` continues from the last checkpoint; because the
 loader's order and augmentation depend only on ``(seed, epoch)``, a resumed run on the CPU reproduces the
@@ -28,6 +29,7 @@ from kdprune.losses import Objective
 from kdprune.pruning.masks import MaskSet
 from kdprune.pruning.prunable import unwrap
 from kdprune.train.checkpoint import load_checkpoint, save_checkpoint
+from kdprune.train.layout import as_layout, default_channels_last, is_channels_last, set_layout
 from kdprune.train.progress import Progress
 
 
@@ -97,10 +99,12 @@ def _autocast(device: torch.device, amp: bool):
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, amp: bool = False) -> dict:
     """Top-1 accuracy (percent) and mean cross-entropy of ``model`` on ``loader`` (any iterable of
-    ``(inputs, labels)`` batches: a kdprune TensorLoader, a DataLoader, a list)."""
+    ``(inputs, labels)`` batches: a kdprune TensorLoader, a DataLoader, a list). Batches are put in the
+    model's memory format (channels_last when its weights are)."""
     was = model.training
     model.eval()
     device = data_device(loader, model)
+    cl = is_channels_last(model)
     ctx, _ = _autocast(device, amp)
     correct = torch.zeros((), device=device, dtype=torch.long)
     loss_sum = torch.zeros((), device=device)
@@ -109,7 +113,7 @@ def evaluate(model: nn.Module, loader, amp: bool = False) -> dict:
         for batch in loader:
             x, y = to_device(batch, device)[:2]
             with ctx:
-                logits = model(x)
+                logits = model(as_layout(x, cl))
             loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
             n += y.numel()
@@ -155,6 +159,7 @@ class Trainer:
         out_dir: str | Path | None = None,
         amp: bool = True,
         compile: bool = False,
+        channels_last: bool | None = None,
         progress: bool | None = None,
         desc: str = "train",
         callbacks: list[Callback] | tuple = (),
@@ -166,6 +171,11 @@ class Trainer:
         if test_loader is not None:
             check_batches(test_loader, "the test data")
         device = data_device(train_loader, model)
+        # The layout is set before DDP, the optimizer and the masks see the parameters.
+        self.channels_last = default_channels_last(device) if channels_last is None else bool(channels_last)
+        set_layout(unwrap(model), self.channels_last)
+        if teacher is not None:
+            set_layout(teacher, self.channels_last)
         from kdprune import distributed
 
         if distributed.is_distributed() and not isinstance(model, nn.parallel.DistributedDataParallel):
@@ -272,21 +282,25 @@ class Trainer:
         batches = self.train_loader.batches_with_index() if own_forward else self.train_loader
         if own_forward:
             self.objective.start_epoch(epoch, self.epochs)
+        cl = self.channels_last
+        extra = teacher_n = 0
         for batch in batches:
             batch = to_device(batch, self.device)
             if own_forward:
                 x, y, idx = batch
+                x = as_layout(x, cl)
                 with self.autocast:
                     loss, logits = self.objective.forward_loss(self.step_fn, x, y, idx)
-                self.extra_images += self.objective.last_extra_images
+                extra += self.objective.last_extra_images
             else:
                 x, y = batch[:2]
+                x = as_layout(x, cl)
                 teacher_logits = None
                 if self.objective.needs_teacher:
                     with torch.inference_mode(), self.autocast:
                         teacher_logits = self.teacher(x)
                     teacher_logits = teacher_logits.clone()
-                    self.teacher_forwards += y.numel()
+                    teacher_n += y.numel()
                 with self.autocast:
                     logits = self.step_fn(x)
                     loss = self.objective(logits, y, teacher_logits)
@@ -312,10 +326,15 @@ class Trainer:
             correct += (logits.detach().argmax(1) == y).sum()
             n += y.numel()
             self._progress.step()
-        self.images_seen += n
         if own_forward:
             self.objective.end_epoch()
         correct_t, loss_t, n_t = _reduce_sums(correct.float(), loss_sum, n, self.device)
+        # compute counters are global: under DDP every rank's shard counts, as one process would count it
+        _, extra_t, teacher_t = _reduce_sums(torch.zeros((), device=self.device),
+                                             torch.tensor(float(extra), device=self.device), teacher_n, self.device)
+        self.images_seen += int(n_t)
+        self.extra_images += int(extra_t)
+        self.teacher_forwards += int(teacher_t)
         return {"train_loss": loss_t / max(n_t, 1), "train_top1": 100.0 * correct_t / max(n_t, 1)}
 
     def fit(self, resume: bool = False) -> dict:

@@ -83,8 +83,8 @@ def make_env(cfg) -> Env:
     if cfg.batch_size % world:
         raise UserError(f"--batch-size {cfg.batch_size} (the global batch) must divide by the {world} processes")
     batch = cfg.batch_size // world
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
-    if getattr(cfg, "image_size", None):
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, image_size=getattr(cfg, "image_size", None))
+    if getattr(cfg, "image_size", None):  # a no-op where the reader decoded at that size (folder)
         data = data.resized(cfg.image_size)
     mean, std = data.channel_stats()
     common = dict(mean=mean, std=std, device=device, rank=rank, world_size=world, channels_last=cfg.channels_last)
@@ -129,7 +129,8 @@ def run_training_stage(
             masks.bind(model).apply_()
         return read_json(stage_dir / "metrics.json")
     trainer = Trainer(model, objective, optim, epochs, env.train, env.test, teacher=teacher, masks=masks,
-                      out_dir=stage_dir, amp=cfg.amp, compile=cfg.compile, progress=cfg.progress, desc=desc,
+                      out_dir=stage_dir, amp=cfg.amp, compile=cfg.compile, channels_last=cfg.channels_last,
+                      progress=cfg.progress, desc=desc,
                       callbacks=callbacks, is_main=env.is_main)
     result = trainer.fit(resume=True)
     history = result.pop("history")
