@@ -226,6 +226,9 @@ def test_run_on_a_folder_end_to_end(tmp_path, run_cli):
     assert (out / "sparsity-0.5" / "plain" / "metrics.json").is_file()
     code, text, err = run_cli("inspect", out / "sparsity-0.5" / "plain", "--json")  # dataset.json two levels up
     assert code == 0 and json.loads(text)["classes"] == ["cat", "dog", "frog"], err
+    code, _, err = run_cli("report", out, "--out", tmp_path / "rep")
+    assert code == 0, err
+    assert "- folder: 3 classes: cat, dog, frog" in (tmp_path / "rep" / "results.md").read_text()
 
 
 # --------------------------------------------------------------------------- --data-dir without --dataset

@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from kdprune.errors import UserError
-from kdprune.io import atomic_path, read_jsonl, write_text
+from kdprune.io import atomic_path, read_json, read_jsonl, write_text
 
 CSV_COLUMNS = ["dataset", "arch", "teacher_arch", "method", "regime", "variant", "seed", "target_sparsity",
                "achieved_sparsity", "top1", "pruned_top1", "dense_top1", "teacher_top1", "epochs", "total_epochs",
@@ -48,6 +48,26 @@ def collect(paths: list[str | Path]) -> list[dict]:
 
 
 POST_TRAINING = ("teacher-guided", "magnitude", "random")
+
+
+def class_lines(rows: list[dict], most: int = 20) -> str:
+    """One line per dataset naming its classes, from the ``dataset.json`` its runs wrote (none for runs made
+    before kdprune 0.2 wrote it)."""
+    lines, done = [], set()
+    for r in rows:
+        ds, out = r.get("dataset"), r.get("out")
+        if ds in done or not out:
+            continue
+        for folder in (Path(out), *Path(out).parents[:2]):
+            f = folder / "dataset.json"
+            if f.is_file():
+                names = (read_json(f).get("classes") or [])
+                if names:
+                    shown = ", ".join(map(str, names[:most])) + (f", ... ({len(names) - most} more)" if len(names) > most else "")
+                    lines.append(f"- {ds}: {len(names)} classes: {shown}")
+                done.add(ds)
+                break
+    return ("Classes (from each run's dataset.json):\n\n" + "\n".join(lines) + "\n") if lines else ""
 
 
 def teacher_images(row: dict) -> int:
@@ -499,6 +519,9 @@ def write_report(paths: list[str | Path], out: str | Path, published: str | Path
     compute = compute_markdown(agg)
     if compute:
         md = md.rstrip("\n") + "\n\n" + compute
+    classes = class_lines(rows)
+    if classes:
+        md = md.rstrip("\n") + "\n\n" + classes
     written = ["results.csv", "results.md"]
     if latency_batch:
         from kdprune.experiments.latency_report import write_latency
