@@ -3,3 +3,8 @@
 
 class UserError(Exception):
     """A mistake in the user's input (flags, config, files). Printed as one line, exit code 2."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (torch's errors run to many lines), for one-line errors."""
+    return (str(e).strip().splitlines() or [""])[0]

@@ -119,3 +119,10 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def find_up(folder: str | os.PathLike, name: str, levels: int = 2) -> Path | None:
+    """``folder/name``, else the same file up to ``levels`` folders above (a run's ``dataset.json`` seen from
+    ``sparsity-0.9/kd/``); None when there is none."""
+    folder = Path(folder)
+    return next((d / name for d in (folder, *folder.parents[:levels]) if (d / name).is_file()), None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from kdprune.errors import UserError
+from kdprune.errors import UserError, first_line
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -77,9 +77,8 @@ def probe_batch(data, what: str, models: dict[str, nn.Module | None]) -> None:
             with torch.no_grad():
                 out = model(x[:2].to(model_device(model)))
         except Exception as e:  # noqa: BLE001 -- any failure of a user's model on a user's batch
-            first = (str(e).strip().splitlines() or [""])[0]
             raise UserError(f"{name} fails on a batch of {what} (inputs {tuple(x.shape)}, "
-                            f"{str(x.dtype).removeprefix('torch.')}): {type(e).__name__}: {first}") from None
+                            f"{str(x.dtype).removeprefix('torch.')}): {type(e).__name__}: {first_line(e)}") from None
         finally:
             model.train(was)
         if not torch.is_tensor(out) or out.dim() != 2:

@@ -11,7 +11,7 @@ import yaml
 
 from kdprune.deploy.sparse_format import is_sparse_file, load_sparse, read_metadata, save_sparse
 from kdprune.errors import UserError
-from kdprune.io import atomic_path, is_safetensors, read_json, save_tensors
+from kdprune.io import atomic_path, find_up, is_safetensors, read_json, save_tensors
 from kdprune.models import create_model
 from kdprune.models.weights import read_state_dict
 
@@ -29,15 +29,13 @@ def _dataset_meta(src: Path, wfile: Path) -> dict:
     """``classes``, ``mean``, ``std`` (and ``image_size``) of the run that trained ``wfile``: its
     ``dataset.json`` (in the run folder, beside the weights, or up to two folders above them, as in
     ``sparsity-0.9/kd/``), else the metadata an export of it carries; {} when neither exists."""
-    folder = wfile.parent
-    for d in dict.fromkeys(([src] if src.is_dir() else []) + [folder, folder.parent, folder.parent.parent]):
-        f = d / "dataset.json"
-        if f.is_file():
-            try:
-                meta = read_json(f)
-            except (OSError, ValueError):
-                return {}  # unreadable: the weights still export, without it
-            return {k: meta.get(k) for k in DATASET_KEYS + ("image_size",)} if isinstance(meta, dict) else {}
+    f = find_up(wfile.parent, "dataset.json")  # wfile.parent is src itself when src is a run folder
+    if f is not None:
+        try:
+            meta = read_json(f)
+        except (OSError, ValueError):
+            return {}  # unreadable: the weights still export, without it
+        return {k: meta.get(k) for k in DATASET_KEYS + ("image_size",)} if isinstance(meta, dict) else {}
     if is_safetensors(wfile):
         import json
 

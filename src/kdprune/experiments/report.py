@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from kdprune.errors import UserError
-from kdprune.io import atomic_path, read_json, read_jsonl, write_text
+from kdprune.io import atomic_path, find_up, read_json, read_jsonl, write_text
 
 CSV_COLUMNS = ["dataset", "arch", "teacher_arch", "method", "regime", "variant", "seed", "target_sparsity",
                "achieved_sparsity", "top1", "pruned_top1", "dense_top1", "teacher_top1", "epochs", "total_epochs",
@@ -58,15 +58,14 @@ def class_lines(rows: list[dict], most: int = 20) -> str:
         ds, out = r.get("dataset"), r.get("out")
         if ds in done or not out:
             continue
-        for folder in (Path(out), *Path(out).parents[:2]):
-            f = folder / "dataset.json"
-            if f.is_file():
-                names = (read_json(f).get("classes") or [])
-                if names:
-                    shown = ", ".join(map(str, names[:most])) + (f", ... ({len(names) - most} more)" if len(names) > most else "")
-                    lines.append(f"- {ds}: {len(names)} classes: {shown}")
-                done.add(ds)
-                break
+        f = find_up(out, "dataset.json")
+        if f is None:
+            continue
+        names = read_json(f).get("classes") or []
+        if names:
+            shown = ", ".join(map(str, names[:most])) + (f", ... ({len(names) - most} more)" if len(names) > most else "")
+            lines.append(f"- {ds}: {len(names)} classes: {shown}")
+        done.add(ds)
     return ("Classes (from each run's dataset.json):\n\n" + "\n".join(lines) + "\n") if lines else ""
 
 

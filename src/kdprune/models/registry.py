@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from kdprune.errors import UserError
+from kdprune.errors import UserError, first_line
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,6 @@ def model_info(name: str) -> ModelInfo:
                     "or module:factory for your own model")
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0]
-
-
 def _user_model(spec: str) -> ModelInfo:
     """Import ``module:factory`` (attributes may be dotted: ``module:Class.build``) and check it is callable."""
     module_name, _, attr = spec.partition(":")
@@ -69,10 +65,10 @@ def _user_model(spec: str) -> ModelInfo:
     try:
         obj = importlib.import_module(module_name)
     except ImportError as e:
-        raise UserError(f"architecture {spec!r}: cannot import module {module_name!r} ({_first_line(e)})") from None
+        raise UserError(f"architecture {spec!r}: cannot import module {module_name!r} ({first_line(e)})") from None
     except Exception as e:  # a SyntaxError or any error raised while the module runs
         raise UserError(f"architecture {spec!r}: importing module {module_name!r} raised "
-                        f"{type(e).__name__}: {_first_line(e)}") from None
+                        f"{type(e).__name__}: {first_line(e)}") from None
     for i, part in enumerate(attr.split(".")):
         if not hasattr(obj, part):
             owner = ".".join([module_name] + attr.split(".")[:i]) if i else f"module {module_name!r}"
@@ -92,7 +88,7 @@ def _user_model(spec: str) -> ModelInfo:
         except Exception as e:
             passed = ", ".join(f"{k}={v}" for k, v in kwargs.items())
             raise UserError(f"architecture {spec!r}: calling {attr}({passed}) raised "
-                            f"{type(e).__name__}: {_first_line(e)}") from None
+                            f"{type(e).__name__}: {first_line(e)}") from None
         if not isinstance(model, nn.Module):
             raise UserError(f"architecture {spec!r}: {attr} returned {type(model).__name__}, not an nn.Module")
         return model

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from kdprune.errors import UserError
+from kdprune.errors import UserError, first_line
 from kdprune.io import atomic_path, sha256_file, write_text
 
 
@@ -34,7 +34,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0]
+        first = first_line(e)
         if "Weights only load failed" in first:
             found = re.search(r"Unsupported (?:global|class):? (?:GLOBAL )?([\w.]+)", str(e))
             if found:  # a pickled model or other Python objects: never unpickled (weights_only=True)

@@ -118,19 +118,18 @@ def evaluate(model: nn.Module, loader, amp: bool = False) -> dict:
             correct += (logits.argmax(1) == y).sum()
             n += y.numel()
     model.train(was)
-    correct_t, loss_t, n_t = _reduce_sums(correct.float(), loss_sum, n, device)
+    correct_t, loss_t, n_t = _reduce_sums(device, correct, loss_sum, n)
     return {"top1": 100.0 * correct_t / max(n_t, 1), "loss": loss_t / max(n_t, 1)}
 
 
-def _reduce_sums(a: torch.Tensor, b: torch.Tensor, n: int, device) -> tuple[float, float, float]:
-    """Sum (a, b, n) over DDP ranks when running distributed."""
+def _reduce_sums(device, *values) -> list[float]:
+    """``values`` (tensors or numbers) summed over DDP ranks when running distributed, in one all-reduce."""
     import torch.distributed as dist
 
-    t = torch.stack([a.float(), b.float(), torch.tensor(float(n), device=device)])
+    t = torch.stack([v.float() if torch.is_tensor(v) else torch.tensor(float(v), device=device) for v in values])
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
-    a_, b_, n_ = t.tolist()
-    return a_, b_, n_
+    return t.tolist()
 
 
 class Callback:
@@ -328,10 +327,8 @@ class Trainer:
             self._progress.step()
         if own_forward:
             self.objective.end_epoch()
-        correct_t, loss_t, n_t = _reduce_sums(correct.float(), loss_sum, n, self.device)
-        # compute counters are global: under DDP every rank's shard counts, as one process would count it
-        _, extra_t, teacher_t = _reduce_sums(torch.zeros((), device=self.device),
-                                             torch.tensor(float(extra), device=self.device), teacher_n, self.device)
+        # compute counters are global too: under DDP every rank's shard counts, as one process would count it
+        correct_t, loss_t, n_t, extra_t, teacher_t = _reduce_sums(self.device, correct, loss_sum, n, extra, teacher_n)
         self.images_seen += int(n_t)
         self.extra_images += int(extra_t)
         self.teacher_forwards += int(teacher_t)
