@@ -56,8 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="print the report as JSON")
     sw = sub.add_parser("sweep", help="run a grid of methods x seeds x datasets x archs from a YAML file")
     sw.add_argument("sweep", metavar="CONFIG.yaml", help="keys: out, grid (lists of option values), base (options)")
-    sw.add_argument("--jobs", type=int, default=1, help="worker processes (under torchrun each run uses all ranks)")
-    sw.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost, run nothing")
+    sw.add_argument("--jobs", type=int, default=None,
+                    help="local: worker processes (default 1; under torchrun each run uses all ranks)")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="print the plan and its estimated cost (slurm: and the sbatch file), run nothing")
+    sw.add_argument("--launcher", choices=["local", "slurm"], default=None,
+                    help="local: worker processes on this machine; slurm: job arrays through submitit "
+                         "(default: the YAML's launcher, else local)")
+    sw.add_argument("--no-wait", action="store_true",
+                    help="slurm: submit and return (default: wait, filling OUT/results.sqlite as runs finish)")
+    sw.add_argument("--status", action="store_true", help="done / running / failed / to do, per run, and stop")
+    sw.add_argument("--collect", action="store_true",
+                    help="rebuild OUT/results.sqlite from the finished run folders, and stop")
+    from kdprune.experiments.cluster import SlurmOptions
+
+    slurm = sw.add_argument_group("Slurm (--launcher slurm; also a slurm: block in the YAML, which the flags override)")
+    C.add_arguments(slurm, SlurmOptions, prefix="slurm-")
     rp = sub.add_parser("report", help="tables (CSV, markdown) and plots from one or more runs")
     rp.add_argument("runs", nargs="+", metavar="RUN", help="run folders (searched for results.jsonl) or files")
     rp.add_argument("--out", required=True, help="folder for results.csv, results.md and the PNGs")
@@ -146,12 +160,42 @@ def _dispatch(args: argparse.Namespace) -> int:
         distributed.shutdown()
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from kdprune.experiments import cluster
+    from kdprune.experiments.sweep import run_sweep
+
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    if args.status + args.collect + args.dry_run > 1:
+        raise UserError("choose one of --status, --collect and --dry-run")
+    if args.status:
+        cluster.sweep_status(args.sweep, log=log)
+        return 0
+    if args.collect:
+        cluster.collect(args.sweep, log=log)
+        return 0
+    launcher, block = cluster.load_launch(args.sweep)
+    launcher = args.launcher or launcher or "local"
+    flags = {k[len("slurm_"):]: v for k, v in vars(args).items() if k.startswith("slurm_")}
+    if launcher == "local":
+        if flags or args.no_wait:
+            given = ["--slurm-" + k.replace("_", "-") for k in flags] + ["--no-wait"] * args.no_wait
+            raise UserError(f"{given[0]} applies to --launcher slurm only")
+        run_sweep(args.sweep, args.jobs or 1, args.dry_run, log=log, threads=args.threads)
+        return 0
+    if args.jobs is not None:
+        raise UserError("--jobs is for --launcher local; on Slurm every run is a job (see --slurm-array-parallelism)")
+    opts = cluster.build_options(block, flags, source=f"{args.sweep}: slurm")
+    if args.dry_run:
+        run_sweep(args.sweep, 1, True, log=log)
+        cluster.dry_run(args.sweep, opts, log=log)
+        return 0
+    _, failed = cluster.run_cluster(args.sweep, opts, wait=not args.no_wait, log=log)
+    return 1 if failed else 0
+
+
 def _run_command(args: argparse.Namespace) -> int:
     if args.command == "sweep":
-        from kdprune.experiments.sweep import run_sweep
-
-        run_sweep(args.sweep, args.jobs, args.dry_run, log=lambda m: print(m, flush=True), threads=args.threads)
-        return 0
+        return _sweep(args)
     from kdprune.experiments import config as C
     from kdprune.experiments import pipeline
 

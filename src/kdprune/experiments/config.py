@@ -472,11 +472,11 @@ def identity(cfg, keys=None) -> dict:
     return out
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per field; values stay raw strings and are typed by :func:`build_config`."""
+def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
+    """One flag per field (``--PREFIXfield-name``); values stay raw strings and are typed by :func:`build_config`."""
     types_ = _field_types(cls)
     for f_ in fields(cls):
-        flag = "--" + f_.name.replace("_", "-")
+        flag = "--" + prefix + f_.name.replace("_", "-")
         base, _ = _unwrap_optional(types_[f_.name])
         default = f_.default if f_.default is not MISSING else f_.default_factory()  # type: ignore[misc]
         shown = ",".join(map(str, default)) if isinstance(default, list) else default

@@ -1,7 +1,10 @@
-"""The shared results store of a sweep: one SQLite file (standard library, WAL mode).
+"""The shared results store of a sweep: one SQLite file (standard library).
 
 Each result is one row keyed by (run hash, sparsity, regime, variant); writers use ``INSERT OR IGNORE`` inside a
-transaction with a busy timeout, so concurrent workers neither lose nor duplicate a row.
+transaction with a busy timeout, so concurrent workers neither lose nor duplicate a row. A local sweep's workers
+share one host and use WAL mode; a cluster sweep (:mod:`kdprune.experiments.cluster`) has one writer and uses the
+rollback journal (``wal=False``), since WAL needs memory shared by every process that opens the file, which a
+network filesystem does not give across hosts.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ CREATE TABLE IF NOT EXISTS results (
 """
 
 
-def connect(path: str | Path) -> sqlite3.Connection:
+def connect(path: str | Path, wal: bool = True) -> sqlite3.Connection:
     con = sqlite3.connect(str(path), timeout=60.0, isolation_level=None)
-    con.execute("PRAGMA journal_mode=WAL")
+    con.execute(f"PRAGMA journal_mode={'WAL' if wal else 'DELETE'}")
     con.execute("PRAGMA busy_timeout=60000")
     con.execute(SCHEMA)
     return con
@@ -59,9 +62,9 @@ def set_aside(path: str | Path) -> Path:
     return dest
 
 
-def add_rows(path: str | Path, run: str, rows: list[dict]) -> int:
+def add_rows(path: str | Path, run: str, rows: list[dict], wal: bool = True) -> int:
     """Insert ``rows`` of one run; returns how many were new."""
-    con = connect(path)
+    con = connect(path, wal)
     try:
         con.execute("BEGIN IMMEDIATE")
         before = con.total_changes
@@ -75,8 +78,8 @@ def add_rows(path: str | Path, run: str, rows: list[dict]) -> int:
         con.close()
 
 
-def all_rows(path: str | Path) -> list[dict]:
-    con = connect(path)
+def all_rows(path: str | Path, wal: bool = True) -> list[dict]:
+    con = connect(path, wal)
     try:
         return [json.loads(r[0]) for r in con.execute("SELECT row FROM results ORDER BY run, target_sparsity, regime, variant")]
     finally:

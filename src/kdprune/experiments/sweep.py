@@ -57,8 +57,8 @@ def load_sweep(path: str | Path) -> tuple[Path, list[RunConfig]]:
         raise UserError(f"sweep file not found: {path}") from None
     except yaml.YAMLError as e:
         raise yaml_error(path, e) from None
-    if not isinstance(spec, dict) or set(spec) - {"out", "grid", "base"}:
-        raise UserError(f"{path}: expected the keys out, grid and base")
+    if not isinstance(spec, dict) or set(spec) - {"out", "grid", "base", "launcher", "slurm"}:
+        raise UserError(f"{path}: expected the keys out, grid and base (and launcher, slurm)")
     grids, base = spec.get("grid") or {}, spec.get("base") or {}
     grids = grids if isinstance(grids, list) else [grids]  # a list of grids is their union
     for grid in grids:
