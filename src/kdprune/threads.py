@@ -1,7 +1,7 @@
 """How many CPU threads torch uses.
 
 Two OpenMP threads on two cores that another process also uses spin-wait for each other: a training
-epoch then takes 3x longer than alone (measured, ``README.md``), while one thread on the one free core is
+epoch then takes 3x longer than alone (measured, ``docs/getting-started.md``), while one thread on the one free core is
 not slowed at all. kdprune therefore counts the cores that are idle when it starts (from ``/proc/stat``
 over a quarter of a second) and uses that many threads, at least one, so a busy machine slows it in
 proportion instead of collapsing. ``--threads N`` or ``OMP_NUM_THREADS=N`` fix the number. Float results

@@ -50,7 +50,7 @@ class CommonConfig:
                                    "training on CPU, PyTorch's advice for CNNs on CUDA; --no-channels-last keeps NCHW "
                                    "(a resumed run keeps the format it recorded)")
     compile: bool = _f(False, "torch.compile the training step (off: on CPU its warm-up outweighs its gain over "
-                              "channels_last for runs shorter than about 7 minutes per stage, see README)")
+                              "channels_last for runs shorter than about 7 minutes per stage, see docs/getting-started.md)")
     out: str = _f("runs/default", "output folder")
     resume: bool = _f(False, "continue the run in --out: finished stages are kept, an interrupted one resumes")
     progress: bool | None = _f(None, "progress bars (default: only on a terminal)")
