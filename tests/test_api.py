@@ -43,6 +43,7 @@ def data():
     return train, test
 
 
+@pytest.mark.slow
 def test_example_script_runs(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "examples" / "own_model.py"), "--out", str(tmp_path), "--epochs", "2"],
                        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "error::FutureWarning"})
@@ -53,6 +54,7 @@ def test_example_script_runs(tmp_path):
     assert "distill: epoch 2/2" in r.stderr  # progress lines when stderr is not a terminal
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs_as_written(tmp_path):
     text = (ROOT / "README.md").read_text()
     code = text.split("```python\n", 1)[1].split("```", 1)[0]
@@ -62,6 +64,7 @@ def test_readme_python_example_runs_as_written(tmp_path):
     assert "at 90.00% sparsity" in r.stdout and (tmp_path / "student.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_dataloader_through_score_retrain_and_evaluate(data):
     train, test = data
     student, teacher = _cnn(seed=1), _cnn(width=24, seed=2)
@@ -125,6 +128,7 @@ def test_wrong_keywords_and_unbound_masks_are_errors(data):
         kdprune.retrain(model, masks, iter(train), epochs=1)
 
 
+@pytest.mark.slow
 def test_export_from_memory_dense_sparse_onnx(tmp_path, data):
     from kdprune.deploy.sparse_format import load_sparse
 
@@ -190,6 +194,7 @@ def test_thread_policy(monkeypatch):
     assert threads.auto_threads() == threads.usable_cores()
 
 
+@pytest.mark.slow
 def test_non_tty_run_prints_a_line_per_epoch(tmp_path, run_cli):
     from conftest import TINY_RUN
 
@@ -223,6 +228,7 @@ def test_bar_on_a_terminal_keeps_its_last_state():
     assert "teacher" in text and "6/6" in text and "epoch 2/2" in text and text.endswith("\n")
 
 
+@pytest.mark.slow
 def test_inspect_json_into_a_closed_pipe_is_quiet(tmp_path):
     model = _cnn()
     from kdprune.io import save_tensors

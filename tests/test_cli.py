@@ -8,6 +8,7 @@ from conftest import TINY_RUN
 from kdprune.models import create_model
 
 
+@pytest.mark.slow
 def test_run_end_to_end_on_digits(tmp_path, run_cli):
     out = tmp_path / "run"
     code, stdout, err = run_cli("run", "--out", out, "--sparsity", "0.5,0.9", *TINY_RUN)
@@ -38,6 +39,7 @@ def test_run_end_to_end_on_digits(tmp_path, run_cli):
     assert code == 2 and "--resume" in err
 
 
+@pytest.mark.slow
 def test_run_on_cifar10_files_with_magnitude(tmp_path, run_cli, cifar10_dir):
     out = tmp_path / "c10"
     code, _, err = run_cli("run", "--dataset", "cifar10", "--data-dir", cifar10_dir.parent, "--out", out,
@@ -49,6 +51,7 @@ def test_run_on_cifar10_files_with_magnitude(tmp_path, run_cli, cifar10_dir):
     assert row["method"] == "magnitude" and row["regime"] == "plain" and row["dataset"] == "cifar10"
 
 
+@pytest.mark.slow
 def test_train_then_prune_with_each_method(tmp_path, run_cli):
     code, _, err = run_cli("train", "--arch", "resnet20", "--epochs", "2", "--batch-size", "128", "--out", tmp_path / "t")
     assert code == 0, err

@@ -27,6 +27,7 @@ def _rows(store):
         con.close()
 
 
+@pytest.mark.slow
 def test_local_executor_runs_the_grid_like_a_local_sweep(tmp_path, run_cli):
     f = tmp_path / "sweep.yaml"
     f.write_text(SWEEP.format(out=tmp_path / "out", student_epochs=2))
@@ -67,6 +68,7 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the job's process through /proc")
 def test_interrupted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
     """Slurm signals a job (USR2) before its time limit or on preemption; submitit requeues it and the stage
@@ -122,6 +124,7 @@ base:
     assert json.loads(next(out.glob("shared/teacher-*/teacher/metrics.json")).read_text())
 
 
+@pytest.mark.slow
 def test_failed_job_is_reported_with_its_log_and_others_go_on_with_ddp_jobs(tmp_path, run_cli):
     f = tmp_path / "sweep.yaml"
     # a run folder holding another run's config: its job refuses to resume it and fails; the other run finishes

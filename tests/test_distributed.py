@@ -44,6 +44,7 @@ def _worker(rank, world, port, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_scores_identical_on_ranks_and_equal_to_one_process(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     s0 = torch.load(tmp_path / "scores0.pt")
@@ -95,6 +96,7 @@ def _step_worker(rank, world, port, out_dir, channels_last):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "nchw"])
 def test_ddp_training_steps_equal_the_single_process_steps(tmp_path, channels_last):
     mp.spawn(_step_worker, args=(2, _free_port(), str(tmp_path), channels_last), nprocs=2, join=True)
@@ -110,6 +112,7 @@ def test_ddp_training_steps_equal_the_single_process_steps(tmp_path, channels_la
         torch.testing.assert_close(w0[k], single[k], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_torchrun_run_keeps_ranks_identical_and_prunes_like_one_process(tmp_path):
     common = ["run", "--device", "cpu", "--teacher-arch", "resnet20", "--teacher-epochs", "3", "--student-epochs",
               "3", "--retrain-epochs", "1", "--batch-size", "64", "--score-batches", "4", "--sparsity", "0.5,0.9",
@@ -136,6 +139,7 @@ def test_torchrun_run_keeps_ranks_identical_and_prunes_like_one_process(tmp_path
     # What DDP must guarantee is tested exactly above (identical ranks, the single-process step).
 
 
+@pytest.mark.slow
 def test_torchrun_sweep_runs_each_grid_point_on_all_ranks_and_records_once(tmp_path):
     import sqlite3
 
@@ -197,6 +201,7 @@ def _unwritable_worker(rank, world, port, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_a_user_error_on_rank_0_reaches_every_rank(tmp_path):
     """Rank 0 cannot write --out: every rank raises the same one-line error instead of waiting at a barrier."""
     mp.spawn(_unwritable_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)

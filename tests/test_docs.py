@@ -21,6 +21,7 @@ def test_readme_is_a_landing_page_whose_links_resolve():
     assert text.index("```python") < 5000  # the runnable example is on the first screen or two
 
 
+@pytest.mark.slow
 def test_docs_site_builds_strictly(tmp_path):
     pytest.importorskip("mkdocs")
     pytest.importorskip("mkdocstrings")
@@ -33,6 +34,7 @@ def test_docs_site_builds_strictly(tmp_path):
     assert len(nav) >= 15 and all((ROOT / "docs" / p).is_file() for p in nav)
 
 
+@pytest.mark.slow
 def test_a_broken_link_fails_the_docs_build(tmp_path):
     """--strict is what makes a broken link or a missing page fail: check it does, on a copy of the site."""
     pytest.importorskip("mkdocs")

@@ -177,6 +177,7 @@ def test_non_finite_weights_warn_in_inspect_and_stop_export(run_cli, tmp_path):
     assert not list(out.glob("model.onnx")) and not list(out.glob("model.dense*"))
 
 
+@pytest.mark.slow
 def test_the_onnx_check_fails_on_a_nan_difference(tmp_path):
     class NaNOut(nn.Module):  # finite weights, NaN outputs in PyTorch and ONNX Runtime alike
         def __init__(self):

@@ -77,6 +77,7 @@ def test_dense_export_loads_into_a_vanilla_model(pruned_run, run_cli):
         assert torch.equal(fresh.eval()(x), model(x))
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_pytorch(pruned_run, run_cli):
     import onnxruntime as ort
 

@@ -165,6 +165,7 @@ def test_folder_refuses_download(tmp_path, run_cli):
 
 # ------------------------------------------------------------------------- dataset.json and exports
 
+@pytest.mark.slow
 def test_dataset_json_reaches_onnx_sparse_and_inspect(tmp_path, run_cli):
     import onnx
 
@@ -215,6 +216,7 @@ def test_inspect_without_dataset_json_is_unchanged(tmp_path):
     assert not {"classes", "mean", "std", "num_classes"} & set(r)
 
 
+@pytest.mark.slow
 def test_run_on_a_folder_end_to_end(tmp_path, run_cli):
     data = write_folder(tmp_path / "d", train=10, test=4, size=(12, 12), fmt="JPEG")
     out = tmp_path / "run"

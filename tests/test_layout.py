@@ -95,6 +95,7 @@ def test_a_channels_last_checkpoint_resumes_into_an_identical_next_step(tmp_path
     assert all(torch.equal(c[k], state["model"][k]) for k in c)
 
 
+@pytest.mark.slow
 def test_export_from_a_channels_last_model_matches_pytorch(tmp_path):
     import kdprune
 
@@ -109,6 +110,7 @@ def test_export_from_a_channels_last_model_matches_pytorch(tmp_path):
     assert all(torch.equal(saved[k], v.contiguous()) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_the_run_config_records_the_layout_and_a_resumed_run_keeps_it(run_cli, tmp_path):
     out = tmp_path / "t"
     code, _, err = run_cli("train", "--epochs", "1", "--batch-size", "128", "--out", out, "--no-channels-last")

@@ -24,6 +24,7 @@ def _cfg(out, method, **kw):
     return build_config(RunConfig, base)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "teacher-guided"])
 def test_method_end_to_end_exact_sparsity(tmp_path, method):
     rows = run_pipeline(_cfg(tmp_path, method))
@@ -38,6 +39,7 @@ def test_method_end_to_end_exact_sparsity(tmp_path, method):
     assert len(lines) == 2
 
 
+@pytest.mark.slow
 def test_kd_regime_counts_the_teacher(tmp_path):
     rows = run_pipeline(_cfg(tmp_path, "snip", retrain="both", sparsity="0.7"))
     plain, kd = sorted(rows, key=lambda r: r["regime"] != "plain")
@@ -53,6 +55,7 @@ def test_imp_schedule_hits_every_target():
     assert all(a < b for a, b in zip(sp, sp[1:])) and len(rounds) == 12  # 4 to 0.5, then 8 more from 0.5
 
 
+@pytest.mark.slow
 def test_imp_masks_are_nested_and_cost_accumulates(tmp_path):
     rows = run_pipeline(_cfg(tmp_path, "imp", sparsity="0.5", rate="0.3", student_epochs=1))
     rounds = sorted((tmp_path / "imp" / "plain").iterdir())
@@ -104,6 +107,7 @@ def test_colt_mask_is_the_intersection_it_claims():
     assert all(bool((again[n] <= masks[n]).all()) for n in names)
 
 
+@pytest.mark.slow
 def test_colt_end_to_end_and_cost_counts_every_ticket(tmp_path):
     rows = run_pipeline(_cfg(tmp_path, "colt", sparsity="0.5", rate="0.2", student_epochs=1))
     (row,) = rows
@@ -123,6 +127,7 @@ def test_colt_end_to_end_and_cost_counts_every_ticket(tmp_path):
     assert all(not bool(((m2[k] == 1) & (m1[k] == 0)).any()) for k in m1)
 
 
+@pytest.mark.slow
 def test_epg_mask_is_the_ce_saliency_of_the_warmed_up_weights(tmp_path):
     """EPG: after CE warmup, keep the weights with the largest sum_b |w * dCE_b/dw| (computed here by hand)."""
     from kdprune.train.stage import make_env

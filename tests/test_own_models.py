@@ -33,6 +33,7 @@ def _rows(out):
     return [json.loads(line) for line in (Path(out) / "results.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_own_model_runs_prunes_exactly_half_and_exports_to_onnx(tmp_path, run_cli):
     code, out, err = _run(run_cli, tmp_path / "run")
     assert code == 0, err

@@ -43,6 +43,7 @@ def test_lr_rewind_replays_the_last_epochs_of_the_training_schedule():
     assert step == pytest.approx(_lrs(OptimSpec(lr=0.1, schedule="multistep"), 4, 8)[-16:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, first_lr", [("finetune", 0.01), ("restart", 0.1), ("lr-rewind", None)])
 def test_retraining_runs_at_the_schedule_it_names(tmp_path, kind, first_lr):
     cfg = build_config(RunConfig, {"out": str(tmp_path), "teacher_arch": "resnet20", "teacher_epochs": 1,
@@ -116,6 +117,7 @@ def test_normalised_scores_give_the_expected_mask_on_two_layers():
         assert m["b.weight"].tolist() == [True, False, True, False]
 
 
+@pytest.mark.slow
 def test_options_run_end_to_end_with_their_cost(tmp_path, run_cli):
     out = tmp_path / "r"
     code, _, err = run_cli("run", "--out", out, "--sparsity", "0.9", "--retrain", "plain", "--score-rounds", "3",
@@ -145,6 +147,7 @@ def test_new_options_are_validated(tmp_path, run_cli, args, message):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_colt_tickets_have_their_own_heads(tmp_path):
     cfg = build_config(RunConfig, {"out": str(tmp_path), "method": "colt", "student_epochs": 1, "batch_size": 128,
                                    "sparsity": "0.5", "retrain": "plain", "progress": False})

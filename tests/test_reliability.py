@@ -30,6 +30,7 @@ def _cli(*args, **kw):
 
 @pytest.mark.parametrize("wait_for", ["teacher/checkpoint.pt", "student/checkpoint.pt",
                                       "sparsity-0.9/kd/checkpoint.pt"])
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path, wait_for):
     ref = _cli(*ARGS, "--out", tmp_path / "ref")
     ref_out, _ = ref.communicate(timeout=300)
@@ -84,6 +85,7 @@ def test_fuzzed_command_line_never_crashes(tmp_path_factory, argv):
     assert code in (0, 2)
 
 
+@pytest.mark.slow
 def test_full_disk_is_one_line_and_keeps_finished_stages(tmp_path, run_cli, monkeypatch):
     import kdprune.io as kio
 
@@ -138,6 +140,7 @@ def test_unwritable_out_is_one_line(tmp_path, run_cli, monkeypatch):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot write to --out" in err
 
 
+@pytest.mark.slow
 def test_scores_lost_in_a_crash_are_recomputed_identically(tmp_path):
     """A crash after scoring but before its files are written: the resumed run scores again, identically."""
     from kdprune.experiments.pipeline import run_pipeline
@@ -173,6 +176,7 @@ def test_atomic_writes_leave_no_temporary_and_the_usual_mode(tmp_path):
     assert (tmp_path / "a.md").stat().st_mode & 0o777 == 0o666 & ~old  # not mkstemp's 0600
 
 
+@pytest.mark.slow
 def test_resume_removes_the_temporaries_a_kill_left(tmp_path, run_cli):
     """kill -9 between writing a temporary and renaming it leaves the temporary; --resume removes it."""
     out = tmp_path / "r"

@@ -57,6 +57,7 @@ def test_report_errors(tmp_path, run_cli):
     assert code == 2 and "no results found" in err
 
 
+@pytest.mark.slow
 def test_published_numbers_printed_beside_ours(runs, tmp_path, run_cli):
     (tmp_path / "pub.yaml").write_text("digits:\n  EPSD (paper): {0.9: 91.5, 0.98: 80.25}\n")
     code, out, err = run_cli("report", runs, "--out", tmp_path / "r", "--published", tmp_path / "pub.yaml")
@@ -68,6 +69,7 @@ def test_published_numbers_printed_beside_ours(runs, tmp_path, run_cli):
     assert code == 2 and "expected dataset" in err
 
 
+@pytest.mark.slow
 def test_one_seed_report_shows_no_spread_and_no_radar_for_one_method(tmp_path, run_cli):
     d = tmp_path / "one"
     d.mkdir()
@@ -100,6 +102,7 @@ def _compute_report(tmp_path, run_cli, imp_top1):
     return (tmp_path / "rep" / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_accuracy_against_compute_names_the_cheapest_budget_near_imp(tmp_path, run_cli):
     md = _compute_report(tmp_path, run_cli, imp_top1=98.0)  # 3 and 6 epochs come within 0.5 of IMP
     assert "accuracy against compute at 90%" in md

@@ -38,6 +38,7 @@ def reference(tmp_path_factory):
     return out, run_pipeline(_cfg(out))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["teacher", "student", "retrain 0.9 kd"])
 def test_resume_reproduces_uninterrupted_run(tmp_path, reference, stage):
     ref_out, ref_rows = reference

@@ -89,6 +89,7 @@ def test_pskd_uses_previous_epoch_predictions_and_dlb_carries_half_a_batch():
     assert dlb.prev_x.shape[0] == 8 and t.extra_images == 8 * (len(train) - 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", [PSKD, DLB, CSKD])
 def test_resume_with_objective_state_is_exact(tmp_path, cls):
     train, test = _loader()

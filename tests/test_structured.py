@@ -27,6 +27,7 @@ def _depthwise():
 
 @pytest.mark.parametrize("make, shape", [(lambda: create_model("resnet20", 10, 3), (3, 16, 16)),
                                          (_depthwise, (1, 8, 8))])
+@pytest.mark.slow
 @pytest.mark.parametrize("factor", [2.0, 4.0])
 def test_pruned_to_the_declared_macs_still_runs_and_keeps_its_ends(make, shape, factor, tmp_path):
     torch.manual_seed(1)
@@ -99,6 +100,7 @@ def test_parameter_target_and_unreachable_or_bad_targets():
                                input_shape=(3, 8, 8))
 
 
+@pytest.mark.slow
 def test_cli_prune_channels_then_export_and_inspect(tmp_path, run_cli):
     code, _, err = run_cli("train", "--arch", "resnet20", "--epochs", "1", "--batch-size", "128", "--out", tmp_path / "t")
     assert code == 0, err
@@ -132,6 +134,7 @@ def test_bad_channel_options_are_one_line(tmp_path, run_cli, args, message):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["teacher-guided", "taylor-ce"])
 def test_run_channel_recipe_end_to_end(tmp_path, run_cli, method):
     from conftest import TINY_RUN

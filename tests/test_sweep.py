@@ -36,6 +36,7 @@ def _rows(tmp_path):
     return [(r[0], r[1], r[2]) for r in con.execute("SELECT run, target_sparsity, regime FROM results")]
 
 
+@pytest.mark.slow
 def test_sweep_runs_shares_stages_and_rerun_skips(tmp_path, run_cli):
     f = _write(tmp_path)
     code, out, err = run_cli("sweep", f, "--dry-run")
@@ -92,6 +93,7 @@ def _sweep_proc(f, *extra):
                             stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_losing_or_doubling(tmp_path):
     f = _write(tmp_path, student_epochs=3)
     p = _sweep_proc(f)
@@ -108,6 +110,7 @@ def test_killed_sweep_resumes_without_losing_or_doubling(tmp_path):
     assert len(rows) == EXPECTED == len(set(rows))
 
 
+@pytest.mark.slow
 def test_two_sweeps_and_two_workers_on_one_store(tmp_path):
     f = _write(tmp_path)
     a, b = _sweep_proc(f, "--jobs", "2"), _sweep_proc(f)
@@ -133,6 +136,7 @@ def test_shipped_sweep_configs_are_valid(name, extra):
     assert {c.retrain_schedule for c in cfgs} == {"finetune", "restart", "lr-rewind"}
 
 
+@pytest.mark.slow
 def test_shared_dense_stage_serves_imp_after_another_method(tmp_path, run_cli):
     """Regression: the shared dense-CE stage trained for one method (here EPSD) lacked IMP's rewind point."""
     f = tmp_path / "sweep.yaml"
