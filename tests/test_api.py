@@ -265,6 +265,12 @@ def test_api_mask_options_and_progressive(data):
     assert sum(int((~m).sum()) for m in prog.masks.values()) == round(0.8 * n)
     normed = kdprune.mask(scores, 0.8, score_norm="l2")
     assert normed.density() == pytest.approx(0.2, abs=1e-3)
+    # l2 divides each layer's scores by their norm before the one global threshold: the layers keep other
+    # fractions than without it, and exactly those of the hand-normalised scores
+    by_hand = kdprune.mask({k: v.float() / v.float().norm() for k, v in scores.items()}, 0.8)
+    assert normed.digest() == by_hand.digest() != kdprune.mask(scores, 0.8).digest()
+    kept = {k: float(m.float().mean()) for k, m in normed.masks.items()}
+    assert kept != {k: float(m.float().mean()) for k, m in kdprune.mask(scores, 0.8).masks.items()}
     with pytest.raises(UserError, match="score_norm"):
         kdprune.mask(scores, 0.8, score_norm="max")
 

@@ -48,9 +48,12 @@ def test_pruned_weights_stay_exactly_zero_for_20_steps(spec):
     model, masks = _pruned_model()
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     trainer = Trainer(model, CrossEntropy(), spec, 4, train, test, masks=masks, progress=False)
+    steps = []  # after every optimizer step, the pruned weights are still exactly zero (not only at the end)
+    trainer.optimizer.register_step_post_hook(lambda opt, args, kwargs: steps.append(
+        all(torch.count_nonzero(dict(model.named_parameters())[k].detach()[~m]) == 0 for k, m in masks.masks.items())))
     trainer.fit()
     assert trainer.optimizer.state, "the optimizer must have built state (momentum / moments)"
-    assert sum(len(trainer.train_loader) for _ in range(4)) == 20
+    assert len(steps) == 20 and all(steps)  # 4 epochs of 5 batches: 20 steps taken, each one checked
     _assert_pruned_zero(model, masks, trainer.optimizer)
     # kept weights did train
     params = dict(model.named_parameters())

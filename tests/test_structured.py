@@ -74,7 +74,8 @@ def test_group_score_is_the_hand_computed_sum():
 
 
 def test_teacher_guided_group_importance_ranks_like_the_kd_free_one_only_by_chance():
-    """teacher-guided and taylor-ce saliencies differ (the KD term), on the same data and weights."""
+    """teacher-guided saliency is sum_b |w * dL_total/dw| (CA-KLD and CE), taylor-ce the same with CE alone:
+    both equal the formula written out by hand, and they differ by the KD term."""
     torch.manual_seed(5)
     student, teacher = create_model("resnet20", 10, 1).eval(), create_model("resnet20", 10, 1).eval()
     g = torch.Generator().manual_seed(6)
@@ -82,7 +83,29 @@ def test_teacher_guided_group_importance_ranks_like_the_kd_free_one_only_by_chan
     tg = S.saliency(student, "teacher-guided", iter(data), teacher=teacher, num_batches=2)
     ce = S.saliency(student, "taylor-ce", iter(data), num_batches=2)
     assert set(tg) == set(dict(student.named_parameters()))  # every parameter, BN included
-    assert not torch.allclose(tg["conv1.weight"], ce["conv1.weight"])
+
+    def by_hand(alpha):  # sum over batches of |w * dL/dw|, L = alpha*CA-KLD + (1-alpha)*CE, written out here
+        params = dict(student.named_parameters())
+        out = {n: torch.zeros_like(p) for n, p in params.items()}
+        for x, y in data:
+            def z(v):  # per-sample z-score over the classes (population std), then /T
+                return (v - v.mean(-1, keepdim=True)) / (v.std(-1, keepdim=True, unbiased=False) + 1e-7) / 4.0
+            s_logits = student(x)
+            with torch.no_grad():
+                t_logits = teacher(x)
+            kl = (torch.softmax(z(t_logits), -1) * (torch.log_softmax(z(t_logits), -1)
+                                                    - torch.log_softmax(z(s_logits), -1))).sum(-1).mean() * 16.0
+            loss = alpha * kl + (1 - alpha) * nn.functional.cross_entropy(s_logits, y)
+            grads = torch.autograd.grad(loss, list(params.values()))
+            for (n, p), g in zip(params.items(), grads):
+                out[n] += (p.detach() * g).abs()
+        return out
+
+    want_tg, want_ce = by_hand(0.9), by_hand(0.0)
+    for n in tg:
+        assert torch.allclose(tg[n], want_tg[n], rtol=1e-3, atol=1e-6), n
+        assert torch.allclose(ce[n], want_ce[n], rtol=1e-3, atol=1e-6), n
+    assert not torch.allclose(tg["conv1.weight"], ce["conv1.weight"])  # and the KD term does change them
 
 
 def test_parameter_target_and_unreachable_or_bad_targets():

@@ -62,12 +62,6 @@ def worst_ranks(tickets: list[dict[str, torch.Tensor]], names: list[str],
     return worst
 
 
-def colt_masks(tickets: list[dict[str, torch.Tensor]], names: list[str], shapes: dict[str, torch.Size],
-               masks: dict[str, torch.Tensor] | None, sparsity: float) -> dict[str, torch.Tensor]:
-    worst = worst_ranks(tickets, names, masks)
-    return _masks_from_worst(worst, names, shapes, int(round(sparsity * worst.numel())))
-
-
 def _masks_from_worst(worst: torch.Tensor, names: list[str], shapes: dict[str, torch.Size],
                       n_remove: int) -> dict[str, torch.Tensor]:
     keep = _keep_mask(-worst.double(), n_remove)
