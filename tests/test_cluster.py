@@ -265,3 +265,21 @@ def test_time_limits():
 
     assert [minutes(v) for v in ("90", "4:00:00", "30:30", "1-00", "1-02:30", "2-00:00:01")] == \
         [90, 240, 31, 1440, 1590, 2881]
+
+
+def test_status_reads_the_folders_and_the_locks_of_a_local_sweep(tmp_path, run_cli):
+    """No job records: a run a local sweep is running (its lock held) is running, a started one is to do."""
+    from kdprune.experiments.sweep import _lock, load_sweep
+
+    f = tmp_path / "sweep.yaml"
+    f.write_text(SWEEP.format(out=tmp_path / "out", student_epochs=1))
+    _, cfgs = load_sweep(f)
+    busy, started = Path(cfgs[0].out), Path(cfgs[1].out)
+    started.mkdir(parents=True)
+    with _lock(busy.with_suffix(".lock"), wait=True):
+        code, out, _ = run_cli("sweep", f, "--status")
+    assert code == 0 and "4 runs: 0 done, 1 running, 0 failed, 3 to do; shared stages: 0 of 4 done" in out
+    assert f"running  run {busy.name}" in out and "(by a local sweep)" in out
+    assert f"to do    run {started.name}" in out and "(resumes from its checkpoints)" in out
+    code, out, _ = run_cli("sweep", f, "--status")  # the lock released: to do
+    assert "0 running" in out and "4 to do" in out

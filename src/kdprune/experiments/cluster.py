@@ -20,7 +20,6 @@ from the job's environment).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -29,12 +28,12 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from kdprune.errors import UserError, first_line
-from kdprune.experiments.config import RunConfig, _f, _field_types, coerce, yaml_error
+from kdprune.experiments.config import RunConfig, _f, _field_types, coerce
 
 LAUNCHERS = ("local", "slurm")
+_PHASES = {1: ("stages", "teachers and dense CE students"), 2: ("students", "KD students"), 3: ("runs", "runs")}
 _ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
            "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "STAGE_OUT", "SIGNALING", "UNREACHABLE"}
 
@@ -117,16 +116,14 @@ def build_options(block: dict | None, flags: dict[str, Any], source: str = "slur
 
 def load_launch(path: str | Path) -> tuple[str | None, dict | None]:
     """The sweep YAML's ``launcher`` and ``slurm`` keys (they do not enter any run's hash)."""
-    try:
-        spec = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise UserError(f"sweep file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise yaml_error(Path(path), e) from None
-    launcher = spec.get("launcher") if isinstance(spec, dict) else None
+    from kdprune.experiments.sweep import read_spec
+
+    spec = read_spec(path)
+    spec = spec if isinstance(spec, dict) else {}
+    launcher = spec.get("launcher")
     if launcher is not None and launcher not in LAUNCHERS:
         raise UserError(f"{path}: launcher must be local or slurm, got {launcher!r}")
-    return launcher, (spec.get("slurm") if isinstance(spec, dict) else None)
+    return launcher, spec.get("slurm")
 
 
 def tasks_per_run(opts: SlurmOptions) -> int:
@@ -339,6 +336,10 @@ def _log_path(out: Path, rec: dict) -> Path:
 # ----------------------------------------------------------------------------------------- the submitter
 
 
+def _job_name(out: Path, phase: int) -> str:
+    return f"kdprune-{out.name}-{_PHASES[phase][0]}"
+
+
 def _dependency(job_ids: list[str]) -> str | None:
     arrays = sorted({j.split("_")[0] for j in job_ids})
     return "afterok:" + ":".join(arrays) if arrays else None
@@ -372,12 +373,11 @@ class Submitter:
     """Submits the phases, records the jobs, waits, and is the only writer of ``OUT/results.sqlite``."""
 
     def __init__(self, out: Path, configs: list[RunConfig], opts: SlurmOptions, log=print):
-        self.out, self.configs, self.opts, self.log = out, configs, opts, log
+        self.out, self.opts, self.log = out, opts, log
         self.items = plan(out, configs)
         self.records = read_records(out)
         self.jobs: dict[str, Any] = {}
         self.failed: list[str] = []
-        self.recorded_rows = 0
 
     def is_done(self, item: Item) -> bool:
         return item.done_file(self.out).is_file()
@@ -387,8 +387,7 @@ class Submitter:
         return rec is not None and job_state(self.out, rec) in _ACTIVE
 
     def submit_phase(self, phase: int, items: list[Item], after: list[str]) -> list[tuple[Item, Any]]:
-        ex = _executor(self.out, self.opts, f"kdprune-{self.out.name}-{('stages', 'students', 'runs')[phase - 1]}",
-                       _dependency(after))
+        ex = _executor(self.out, self.opts, _job_name(self.out, phase), _dependency(after))
         job = SweepJob(self.out, os.getcwd(), self.opts.cpus)
         with ex.batch():
             handles = [ex.submit(job, item) for item in items]
@@ -401,15 +400,9 @@ class Submitter:
         return list(zip(items, handles))
 
     def record(self, item: Item) -> int:
-        from kdprune.experiments.store import add_rows
-        from kdprune.io import read_jsonl
+        from kdprune.experiments.store import add_run
 
-        if item.stage != "run":
-            return 0
-        n = add_rows(self.out / "results.sqlite", Path(item.cfg.out).name,
-                     read_jsonl(Path(item.cfg.out) / "results.jsonl"), wal=False)
-        self.recorded_rows += n
-        return n
+        return add_run(self.out / "results.sqlite", item.cfg.out, wal=False) if item.stage == "run" else 0
 
     def finished(self, item: Item, handle) -> None:
         if self.is_done(item):
@@ -417,12 +410,12 @@ class Submitter:
             extra = f": {n} new results" if item.stage == "run" else ""
             self.log(f"done   {item.label()}{extra}")
             return
-        err = handle.exception() if handle is not None else None
+        err = handle.exception()
         why = first_line(err) if err is not None else "the job ended without finishing"
         why = why.replace("Job (task=0) failed during processing with trace:", "").strip() or why
-        tail = _last_error_line(Path(handle.paths.stderr)) if handle is not None else None
         self.failed.append(item.key)
-        self.log(f"FAILED {item.label()}: {tail or why}; log: {handle.paths.stderr if handle else '?'}")
+        self.log(f"FAILED {item.label()}: {_last_error_line(Path(handle.paths.stderr)) or why}; "
+                 f"log: {handle.paths.stderr}")
 
     def wait(self, pairs: list[tuple[Item, Any]]) -> None:
         pending = list(pairs)
@@ -522,12 +515,11 @@ def dry_run(path: str | Path, opts: SlurmOptions, log=print) -> None:
     _submitit()
     items = [i for i in plan(out, configs) if not i.done_file(out).is_file()]
     log(f"--launcher slurm ({opts.cluster}): {len(items)} jobs to submit, in {out / 'slurm'}")
-    names = ("teachers and dense CE students", "KD students", "runs")
-    for phase in (1, 2, 3):
+    for phase, (_, what) in _PHASES.items():
         n = sum(i.phase == phase for i in items)
         if n:
             dep = " (after the phases before it)" if phase > 1 else ""
-            log(f"  phase {phase}: one array of {n} job{'s' * (n > 1)}: {names[phase - 1]}{dep}")
+            log(f"  phase {phase}: one array of {n} job{'s' * (n > 1)}: {what}{dep}")
     log(f"each job: {tasks_per_run(opts)} task{'s' * (tasks_per_run(opts) > 1)}, {opts.gpus} GPU"
         f"{'s' * (opts.gpus != 1)}, {opts.cpus} CPUs per task, time limit {minutes(opts.time)} min, "
         f"requeued up to {opts.requeues} times")
@@ -536,24 +528,22 @@ def dry_run(path: str | Path, opts: SlurmOptions, log=print) -> None:
         count = sum(i.phase == last for i in items)
         dep = "afterok:<the arrays before>" if last > 1 else None
         log(f"sbatch file of phase {last}:")
-        log(sbatch_script(opts, out / "slurm", f"kdprune-{out.name}-{('stages', 'students', 'runs')[last - 1]}",
-                          count, dep).rstrip())
+        log(sbatch_script(opts, out / "slurm", _job_name(out, last), count, dep).rstrip())
 
 
 def collect(path: str | Path, log=print) -> list[dict]:
     """Rebuild ``OUT/results.sqlite`` from the finished run folders (written beside it, then renamed in)."""
-    from kdprune.experiments.store import add_rows, all_rows
-    from kdprune.experiments.sweep import load_sweep
-    from kdprune.io import read_jsonl
+    from kdprune.experiments.store import add_run, all_rows
+    from kdprune.experiments.sweep import load_sweep, status
 
     out, configs = load_sweep(path)
-    done = [c for c in configs if (Path(c.out) / "metrics.json").is_file()]
+    done = [c for c in configs if status(c) == "done"]
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".results.sqlite.{os.getpid()}.tmp"
     tmp.unlink(missing_ok=True)
     try:
         for cfg in done:
-            add_rows(tmp, Path(cfg.out).name, read_jsonl(Path(cfg.out) / "results.jsonl"), wal=False)
+            add_run(tmp, cfg.out, wal=False)
         if not done:
             all_rows(tmp, wal=False)  # an empty store of the current layout
         store = out / "results.sqlite"
@@ -604,14 +594,10 @@ def sweep_status(path: str | Path, log=print) -> dict[str, int]:
 
 
 def _lock_held(path: Path) -> bool:
-    import fcntl
+    """A local sweep holds this run's lock (the lock of :mod:`kdprune.experiments.sweep`, not waited for)."""
+    from kdprune.experiments.sweep import _lock
 
     if not path.exists():
         return False
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return False
+    with _lock(path, wait=False) as got:
+        return not got

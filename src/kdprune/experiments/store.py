@@ -78,6 +78,14 @@ def add_rows(path: str | Path, run: str, rows: list[dict], wal: bool = True) -> 
         con.close()
 
 
+def add_run(path: str | Path, run_dir: str | Path, wal: bool = True) -> int:
+    """Insert the rows of a finished run folder (its ``results.jsonl``, keyed by the folder's name)."""
+    from kdprune.io import read_jsonl
+
+    run_dir = Path(run_dir)
+    return add_rows(path, run_dir.name, read_jsonl(run_dir / "results.jsonl"), wal)
+
+
 def all_rows(path: str | Path, wal: bool = True) -> list[dict]:
     con = connect(path, wal)
     try:

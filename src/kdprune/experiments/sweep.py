@@ -33,7 +33,7 @@ from kdprune import distributed
 from kdprune.distributed import barrier, synced
 from kdprune.errors import UserError
 from kdprune.experiments.config import RunConfig, build_config, identity, yaml_error
-from kdprune.experiments.store import add_rows, all_rows, readable, set_aside
+from kdprune.experiments.store import add_rows, add_run, all_rows, readable, set_aside
 from kdprune.methods.registry import method_or_structured
 
 _NOT_HASHED = {"out", "resume", "progress", "device"}
@@ -49,14 +49,20 @@ def _hash(d: dict) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def load_sweep(path: str | Path) -> tuple[Path, list[RunConfig]]:
+def read_spec(path: str | Path):
+    """The sweep file's YAML, as it is (a missing or malformed file is one line)."""
     path = Path(path)
     try:
-        spec = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise UserError(f"sweep file not found: {path}") from None
     except yaml.YAMLError as e:
         raise yaml_error(path, e) from None
+
+
+def load_sweep(path: str | Path) -> tuple[Path, list[RunConfig]]:
+    path = Path(path)
+    spec = read_spec(path)
     if not isinstance(spec, dict) or set(spec) - {"out", "grid", "base", "launcher", "slurm"}:
         raise UserError(f"{path}: expected the keys out, grid and base (and launcher, slurm)")
     grids, base = spec.get("grid") or {}, spec.get("base") or {}
@@ -262,7 +268,7 @@ def _check_recorded_layout(path, out: Path, configs: list[RunConfig]) -> None:
     """A sweep whose YAML leaves ``channels_last`` to the default, in a folder of runs made under another
     default, would train its remaining grid points in another memory format beside the finished ones (new run
     hashes, so the finished ones would look undone). Refuse, and say which line keeps the sweep whole."""
-    spec = yaml.safe_load(Path(path).read_text()) or {}
+    spec = read_spec(path)
     grids = spec.get("grid") or {}
     given = set(spec.get("base") or {}) | {k for g in (grids if isinstance(grids, list) else [grids]) for k in g}
     if {"channels_last", "channels-last"} & given or not configs:
@@ -358,9 +364,7 @@ def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print,
     # runs finished earlier but missing from the store (e.g. killed between finishing and recording)
     for cfg in configs:
         if distributed.rank() == 0 and status(cfg) == "done":
-            from kdprune.io import read_jsonl
-
-            add_rows(out / "results.sqlite", run_id(cfg), read_jsonl(Path(cfg.out) / "results.jsonl"))
+            add_run(out / "results.sqlite", cfg.out)
     barrier()
     rows = all_rows(out / "results.sqlite")
     log(f"{len(rows)} results in {out / 'results.sqlite'}; `kdprune report {out}/runs --out REPORT` for tables")
