@@ -25,7 +25,8 @@ from _common import median_seconds  # noqa: E402
 
 import kdprune  # noqa: E402
 from kdprune.models import create_model  # noqa: E402
-from kdprune.pruning.structured import count_macs, count_params  # noqa: E402
+from kdprune.models.macs import count_macs  # noqa: E402
+from kdprune.pruning.structured import count_params  # noqa: E402
 
 
 def main() -> None:
@@ -48,7 +49,7 @@ def main() -> None:
             models[f"{factor}x" + ("/8" if round_to > 1 else "")] = m.eval()
     x1 = torch.randn(1, *shape)
     for name, m in models.items():
-        print(f"{name:6s} MACs {count_macs(m, x1):>12,}  parameters {count_params(m):>9,}")
+        print(f"{name:6s} MACs {count_macs(m, x1)[0]:>12,}  parameters {count_params(m):>9,}")
     tmp = Path(tempfile.mkdtemp())
     sessions = {}
     try:

@@ -10,7 +10,7 @@ from kdprune.models import create_model
 from kdprune.pruning import MaskSet, global_masks, prunable_parameters
 from kdprune.train import Callback, OptimSpec, Trainer
 from kdprune.train.layout import default_channels_last, is_channels_last, set_layout
-from kdprune.train.checkpoint import load_checkpoint
+from kdprune.checkpoint import load_checkpoint
 from conftest import TINY_RUN
 
 

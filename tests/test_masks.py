@@ -104,7 +104,7 @@ def test_masks_file_round_trip_and_mismatch(tmp_path):
 
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
     from kdprune.train import TrainingDiverged
-    from kdprune.train.checkpoint import load_checkpoint
+    from kdprune.checkpoint import load_checkpoint
 
     class NanAfter(CrossEntropy):
         def __init__(self, good_steps):
@@ -125,7 +125,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_corrupt_checkpoint_is_detected(tmp_path):
-    from kdprune.train.checkpoint import load_checkpoint, save_checkpoint
+    from kdprune.checkpoint import load_checkpoint, save_checkpoint
 
     save_checkpoint(tmp_path / "checkpoint.pt", {"epoch": 1, "w": torch.ones(10)})
     data = bytearray((tmp_path / "checkpoint.pt").read_bytes())

@@ -16,7 +16,7 @@ from conftest import TINY_RUN
 from kdprune.experiments.config import RunConfig, build_config
 from kdprune.experiments.pipeline import run_pipeline
 from kdprune.pruning.progressive import progressive_masks, schedule
-from kdprune.pruning.threshold import global_masks, prune_masks
+from kdprune.pruning.threshold import MaskOptions, global_masks, prune_masks
 from kdprune.train.engine import OptimSpec, make_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def test_normalised_scores_give_the_expected_mask_on_two_layers():
     sc = {"a.weight": torch.tensor([100.0, 300.0, 200.0, 400.0]), "b.weight": torch.tensor([4.0, 1.0, 3.0, 2.0])}
     assert prune_masks(sc, 0.5)["b.weight"].sum() == 0
     for how in ("l2", "mean"):
-        m = prune_masks(sc, 0.5, score_norm=how)
+        m = prune_masks(sc, 0.5, MaskOptions(score_norm=how))
         assert m["a.weight"].tolist() == [False, True, False, True]
         assert m["b.weight"].tolist() == [True, False, True, False]
 

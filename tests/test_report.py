@@ -141,7 +141,7 @@ def test_channel_rows_of_a_parameter_target_are_labelled_by_the_parameters_remov
 
 
 def test_collapse_guards_and_budgets_get_their_own_colours():
-    from kdprune.experiments.report import _colors, _series_color
+    from kdprune.experiments.plotstyle import method_colors as _colors, series_color as _series_color
 
     colors = _colors(["teacher-guided", "magnitude", "imp"])
     labels = ["kd, restart, progressive R=10", "kd, restart, floor 0.01", "kd, restart, l2-norm",
@@ -150,3 +150,67 @@ def test_collapse_guards_and_budgets_get_their_own_colours():
     assert len(set(looks)) == len(labels)  # each option apart from the others
     assert not set(looks) & set(colors.values())  # and from every method's colour
     assert _series_color(colors, "teacher-guided", "kd, restart") == colors["teacher-guided"]
+
+
+def _many_methods() -> list[dict]:
+    """Every family and every kind of ablation, two seeds, three levels."""
+    rows = []
+    for seed in (0, 1):
+        for s in (0.9, 0.95, 0.98):
+            def add(method, regime, variant="", epochs=30, top1=80.0):
+                rows.append(_row(method, regime, seed, s, top1 - 10 * s + seed, variant=variant, epochs=epochs))
+            for regime in ("plain", "kd"):
+                for v in ("finetune", "lr-rewind", "restart"):
+                    add("teacher-guided", regime, v)
+                    add("magnitude", regime, v)
+            for ep in (10, 60):
+                add("teacher-guided", "plain", "restart", epochs=ep)
+            for guard in ("restart, l2-norm", "restart, floor 0.01", "restart, progressive R=10"):
+                add("teacher-guided", "kd", guard)
+            for m in ("snip", "grasp", "synflow", "imp"):
+                add(m, "plain")
+                add(m, "kd", top1=81.0)
+            add("colt", "plain", "own heads")
+            for m in ("epsd-cskd", "epsd-pskd", "epsd-dlb", "simple-cskd", "simple-pskd", "simple-dlb"):
+                add(m, "sd")
+            add("epg", "plain")
+    return rows
+
+
+def test_figures_have_at_most_eight_series_a_panel_and_show_every_series():
+    from kdprune.experiments.report import MAX_SERIES, ablation_panels, aggregate, comparison_panels
+
+    agg = aggregate(_many_methods())
+    main, ablations = comparison_panels(agg, "digits"), ablation_panels(agg, "digits")
+    assert all(len(members) <= MAX_SERIES for _, members in main + ablations)
+    shown = {sr for _, members in main + ablations for sr in members}
+    assert shown == {k[1:4] for k in agg}  # nothing is left out of both figures
+    # the main figure: the paper's method in its main setting (restart, the most-run budget) in every panel,
+    # never an ablation; one series per baseline outside the paper's own family (its best regime)
+    for title, members in main:
+        paper = [sr for sr in members if sr[1] == "teacher-guided"]
+        assert paper and all(", l2-norm" not in sr[2] and "finetune" not in sr[2] and " ep" not in sr[2]
+                             or sr[2].endswith("30 ep") for sr in paper), (title, paper)
+    snip = [sr for _, members in main for sr in members if sr[1] == "snip"]
+    assert snip == [("resnet20", "snip", "kd")]  # kd is snip's best regime here
+    titles = [t for t, _ in main]
+    assert titles[0] == "the same recipe, other criteria" and "early pruning with self-distillation" in titles
+    guards = next(m for t, m in ablations if t == "teacher-guided: collapse guards")
+    assert {sr[2] for sr in guards} >= {"kd, restart, l2-norm", "kd, restart, floor 0.01"}
+
+
+def test_a_report_redrawn_from_its_csv_is_the_same_report(tmp_path, run_cli):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _many_methods()))
+    code, _, err = run_cli("report", runs, "--out", tmp_path / "a")
+    assert code == 0, err
+    code, _, err = run_cli("report", tmp_path / "a" / "results.csv", "--out", tmp_path / "b")
+    assert code == 0, err
+    for f in ("results.md", "results.csv"):
+        assert (tmp_path / "a" / f).read_text() == (tmp_path / "b" / f).read_text()
+    for png in ("accuracy_vs_sparsity_digits.png", "ablations_digits.png", "accuracy_vs_compute_digits.png"):
+        assert (tmp_path / "b" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    code, _, err = run_cli("report", tmp_path / "bad.csv", "--out", tmp_path / "c")
+    assert code == 2 and "not a kdprune results" in err

@@ -1,4 +1,3 @@
-import json
 import os
 import signal
 import sqlite3
@@ -48,9 +47,8 @@ def test_sweep_runs_shares_stages_and_rerun_skips(tmp_path, run_cli):
     # the KD student of a seed is trained once and shared by both methods (hard links, same dense top-1)
     con = sqlite3.connect(str(tmp_path / "out" / "results.sqlite"))
     dense = {}
-    for (row,) in con.execute("SELECT row FROM results"):
-        r = json.loads(row)
-        dense.setdefault(r["seed"], set()).add(r["dense_top1"])
+    for seed, dense_top1 in con.execute("SELECT seed, dense_top1 FROM results"):  # the schema's columns
+        dense.setdefault(seed, set()).add(dense_top1)
     assert all(len(v) == 1 for v in dense.values())
     students = [p for p in (tmp_path / "out" / "shared").glob("student-*") if p.is_dir()]
     assert len(students) == 2 and os.stat(students[0] / "student" / "model.safetensors").st_nlink == 3

@@ -35,14 +35,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from kdprune.errors import UserError
+from kdprune.choices import RETRAIN_SCHEDULES, SCOPES, SCORE_NORMS
+from kdprune.errors import UserError, check_choice
 from kdprune.losses import CrossEntropy, Distillation
-from kdprune.pruning.criteria import get_criterion
+from kdprune.pruning.criteria import get_criterion, score_batch_count
 from kdprune.pruning.masks import MaskSet, sparsity_report
 from kdprune.pruning.prunable import prunable_parameters
-from kdprune.pruning.threshold import check_sparsity, prune_masks
+from kdprune.pruning.threshold import MaskOptions, check_sparsity, prune_masks
 from kdprune.data.batches import check_batches, probe_batch
-from kdprune.pruning.threshold import SCORE_NORMS
 from kdprune.train.engine import OptimSpec, Trainer, make_optimizer, make_scheduler
 from kdprune.train.engine import evaluate as _evaluate
 
@@ -95,11 +95,6 @@ def _check_criterion_options(fn, crit, options: dict) -> None:
         raise _unknown_keyword(fn.__name__, k, names | anyone)
 
 
-def _choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise UserError(f"{name}: expected one of {', '.join(map(str, allowed))}, got {value!r}")
-
-
 def _check_training(epochs, lr, optimizer, momentum, nesterov, weight_decay, schedule) -> None:
     """The optimiser's arguments, checked by building a throwaway optimiser and scheduler."""
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
@@ -117,7 +112,6 @@ def _distillation(alpha, temperature, kd_loss, kd_std) -> Distillation:
 
 # The CLI's retraining defaults (``kdprune run``: --retrain-schedule restart at --lr 0.1; finetune at
 # --retrain-lr 0.01); tests/test_api.py checks that the two agree.
-RETRAIN_SCHEDULES = ("restart", "finetune", "lr-rewind")
 _RETRAIN_LR = {"restart": 0.1, "finetune": 0.01, "lr-rewind": 0.1}
 
 
@@ -127,7 +121,7 @@ def retrain_optim(retrain_schedule: str = "restart", epochs: int = 10, lr: float
     schedule from its peak ``lr`` 0.1, compressed into the retraining; the default, measured best on CIFAR-10),
     ``finetune`` (``lr`` 0.01 decayed over the retraining) or ``lr-rewind`` (the rates of the last ``epochs``
     of a ``train_epochs``-long training schedule)."""
-    _choice("retrain_schedule", retrain_schedule, RETRAIN_SCHEDULES)
+    check_choice("retrain_schedule", retrain_schedule, RETRAIN_SCHEDULES)
     spec = OptimSpec(lr=_RETRAIN_LR[retrain_schedule] if lr is None else lr, **optim)
     if retrain_schedule == "lr-rewind":
         if not train_epochs or train_epochs < 1:
@@ -174,7 +168,7 @@ def score(model: nn.Module, data=None, *, criterion: str = "teacher-guided", tea
     elif teacher is not None:
         raise UserError(f"criterion {criterion!r} does not use a teacher")
     if crit.needs_data:
-        kw["num_batches"] = num_batches or min(len(data), 100)
+        kw["num_batches"] = score_batch_count(num_batches, len(data))
     if criterion == "synflow" and "input_shape" not in kw and data is not None:
         kw["input_shape"] = _first_input_shape(data)
     params = prunable_parameters(model, prune_first, prune_last)
@@ -187,8 +181,8 @@ def score(model: nn.Module, data=None, *, criterion: str = "teacher-guided", tea
 
 def _check_mask_options(sparsity, scope, layer_floor, score_norm, rounds: int = 1) -> None:
     check_sparsity(sparsity)
-    _choice("scope", scope, ("global", "layerwise"))
-    _choice("score_norm", score_norm, SCORE_NORMS)
+    check_choice("scope", scope, SCOPES)
+    check_choice("score_norm", score_norm, SCORE_NORMS)
     if not 0.0 <= layer_floor < 1.0:
         raise UserError(f"layer_floor: must lie in [0, 1), got {layer_floor}")
     if not isinstance(rounds, int) or rounds < 1:
@@ -203,7 +197,7 @@ def mask(scores: dict[str, torch.Tensor], sparsity: float, *, scope: str = "glob
     collapse guards (options, not the paper's): every layer keeps at least ``layer_floor`` of its weights;
     ``score_norm="l2"|"mean"`` puts each layer's scores on one scale first."""
     _check_mask_options(sparsity, scope, layer_floor, score_norm)
-    return MaskSet(prune_masks(scores, sparsity, scope, layer_floor=layer_floor, score_norm=score_norm))
+    return MaskSet(prune_masks(scores, sparsity, MaskOptions(scope, layer_floor, score_norm)))
 
 
 def progressive_mask(model: nn.Module, data, sparsity: float, *, rounds: int, scope: str = "global",
@@ -218,8 +212,7 @@ def progressive_mask(model: nn.Module, data, sparsity: float, *, rounds: int, sc
     state = {k: v.clone() for k, v in model.state_dict().items()}
     score_masked = rescoring(model, state, lambda: score(model, data, **score_options), first_scores)
     try:
-        return MaskSet(progressive_masks(score_masked, sparsity, rounds, scope, layer_floor=layer_floor,
-                                         score_norm=score_norm))
+        return MaskSet(progressive_masks(score_masked, sparsity, rounds, MaskOptions(scope, layer_floor, score_norm)))
     finally:
         model.load_state_dict(state)
 
@@ -332,8 +325,8 @@ def prune_channels(model: nn.Module, data=None, *, target_macs: float | str | No
     to rebuild it (:func:`kdprune.pruning.structured.apply_widths`)."""
     from kdprune.pruning import structured as S
 
-    crit = "l1" if criterion == "magnitude" else criterion
-    _choice("criterion", crit, S.STRUCTURED_CRITERIA)
+    crit = S.channel_criterion(criterion)
+    check_choice("criterion", crit, S.STRUCTURED_CRITERIA)
     if (target_macs is None) == (target_params is None):
         raise UserError("give exactly one target: target_macs (e.g. 2 for 2x) or target_params (a fraction)")
     if target_macs is not None:
@@ -345,14 +338,14 @@ def prune_channels(model: nn.Module, data=None, *, target_macs: float | str | No
     if not isinstance(round_to, int) or round_to < 1:
         raise UserError(f"round_to: must be a whole number >= 1, got {round_to!r}")
     _distillation(alpha, temperature, kd_loss, kd_std)
-    if crit == "teacher-guided" and teacher is None:
+    if S.needs_teacher(crit) and teacher is None:
         raise UserError("criterion 'teacher-guided' needs a teacher: prune_channels(model, data, teacher=...)")
-    if crit in ("teacher-guided", "taylor-ce"):
+    if crit in S.DATA_CRITERIA:
         if data is None:
             raise UserError(f"criterion {criterion!r} needs data")
         check_batches(data)
     if data is not None:
-        probe_batch(data, "data", {"model": model, "teacher": teacher if crit == "teacher-guided" else None})
+        probe_batch(data, "data", {"model": model, "teacher": teacher if S.needs_teacher(crit) else None})
     if input_shape is None:
         if data is None:
             raise UserError("pass input_shape=(channels, height, width) or data to measure the MACs on")
@@ -361,7 +354,7 @@ def prune_channels(model: nn.Module, data=None, *, target_macs: float | str | No
     example = torch.zeros(1, *input_shape, device=device)
     scores = S.saliency(model, crit, iter(data) if data is not None else None, teacher=_freeze(teacher),
                         objective=_distillation(alpha, temperature, kd_loss, kd_std),
-                        num_batches=num_batches or (min(len(data), 100) if data is not None else None), seed=seed)
+                        num_batches=score_batch_count(num_batches, len(data)) if data is not None else None, seed=seed)
     plan = S.plan_channels(model, example, scores, floor=floor, round_to=round_to, target_params=target_params,
                            target_macs=S.parse_macs_target(target_macs) if target_macs is not None else None)
     S.prune_channels(model, example, plan)
@@ -392,7 +385,7 @@ def prune(student: nn.Module, teacher: nn.Module | None, train_data, sparsity: f
     teacher, is checked before any training starts."""
     crit = get_criterion(criterion)
     _check_criterion_options(prune, crit, criterion_options)
-    _choice("retrain", retrain, ("kd", "plain"))
+    check_choice("retrain", retrain, ("kd", "plain"))
     if retrain == "kd" and teacher is None:
         raise UserError("retrain='kd' needs a teacher (or use retrain='plain')")
     if crit.needs_teacher and teacher is None:

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         sp.add_argument("--config", metavar="FILE.yaml", default=None,
                         help="YAML file of options (keys as the flags, with - or _); flags override it")
-        C.add_arguments(sp, cls)
+        C.add_arguments(sp, cls, grouped=True)
     ex = sub.add_parser("export", help="write a pruned model as dense, compressed sparse or ONNX")
     ex.add_argument("run", metavar="RUN", help="a run folder (holding model.safetensors) or a weights file")
     ex.add_argument("--format", choices=["dense", "sparse", "onnx"], required=True,
@@ -100,7 +100,7 @@ def _list_methods() -> None:
     from kdprune.methods import METHODS
 
     for m in METHODS.values():
-        print(f"{m.name:16s} ({m.recipe}) {m.description}\n{'':16s} [{m.paper}]")
+        print(f"{m.name:16s} ({m.recipe.name}) {m.description}\n{'':16s} [{m.paper}]")
     print("\nwith --structure channel (whole channels, Torch-Pruning surgery): teacher-guided (group saliency of "
           "L_total), taylor-ce (the same with CE only), magnitude (group L1), l2, random")
 

@@ -13,6 +13,8 @@ from kdprune.deploy.sparse_format import is_sparse_file, load_sparse, read_metad
 from kdprune.errors import UserError
 from kdprune.io import atomic_path, find_up, is_safetensors, read_json, save_tensors
 from kdprune.models import create_model
+from kdprune.models.macs import count_macs
+from kdprune.models.registry import registered
 from kdprune.models.weights import read_state_dict
 
 IMAGE_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "tinyimagenet": 64}
@@ -101,8 +103,14 @@ def describe_source(src: str | Path, arch: str | None = None) -> dict:
     weights = [v for k, v in state.items() if k.endswith(".weight") and v.dim() in (2, 4)]
     if not weights:
         raise UserError(f"{wfile} holds no conv or linear weights")
-    info["in_channels"] = int(next(w for w in weights if w.dim() == 4).shape[1]) if any(w.dim() == 4 for w in weights) else None
-    info["num_classes"] = int([w for w in weights if w.dim() == 2][-1].shape[0]) if any(w.dim() == 2 for w in weights) else None
+    meta = registered(info["arch"])  # a registered architecture names its stem and classifier
+    stem, head = (state.get(f"{meta.first_conv}.weight"), state.get(f"{meta.classifier}.weight")) if meta else (None, None)
+    if stem is None:  # a user's model: the first conv and the last linear layer
+        stem = next((w for w in weights if w.dim() == 4), None)
+    if head is None:
+        head = next((w for w in reversed(weights) if w.dim() == 2), None)
+    info["in_channels"] = int(stem.shape[1]) if stem is not None else None
+    info["num_classes"] = int(head.shape[0]) if head is not None else None
     info["image_size"] = info.pop("resized", None) or IMAGE_SIZE.get(info["dataset"] or "", None)
     _add_dataset_meta(info, _dataset_meta(src, wfile))
     return info
@@ -141,23 +149,6 @@ def nonfinite_warning(keys: list[str]) -> str:
             "training diverged; its sparsity and counts are not meaningful")
 
 
-def _macs(model: nn.Module, in_channels: int, size: int) -> tuple[int, int]:
-    """(dense MACs, non-zero MACs) of Conv2d/Linear layers for one image."""
-    dense, nonzero = [0], [0]
-
-    def hook(m, inp, out):
-        positions = out.shape[2] * out.shape[3] if out.dim() == 4 else 1
-        dense[0] += positions * m.weight.numel()
-        nonzero[0] += positions * int(torch.count_nonzero(m.weight))
-
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        model(torch.zeros(1, in_channels, size, size))
-    for h in hs:
-        h.remove()
-    return dense[0], nonzero[0]
-
-
 def inspect(src: str | Path, arch: str | None = None, image_size: int | None = None) -> dict:
     info = describe_source(src, arch)
     state = info["state"]
@@ -175,7 +166,8 @@ def inspect(src: str | Path, arch: str | None = None, image_size: int | None = N
               "compression_ratio": total / max(nonzero, 1), "nonfinite": nonfinite_tensors(state)}
     size = image_size or info["image_size"]
     if info["arch"] and size:
-        report["dense_macs"], report["nonzero_macs"] = _macs(build_model(info), info["in_channels"], size)
+        report["dense_macs"], report["nonzero_macs"] = count_macs(build_model(info),
+                                                                    torch.zeros(1, info["in_channels"], size, size))
         report["image_size"] = size
     metrics = Path(info["weights"]).parent / "metrics.json"
     if info.get("widths") and metrics.is_file():  # channel pruning: what the model was before

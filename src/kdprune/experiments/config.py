@@ -18,10 +18,35 @@ from typing import Any
 
 import yaml
 
-from kdprune.errors import UserError
+from kdprune.choices import (
+    COLT_HEADS,
+    KD_LOSSES,
+    KD_STDS,
+    OPTIMIZERS,
+    RETRAIN,
+    RETRAIN_SCHEDULES,
+    SCHEDULES,
+    SCOPES,
+    SCORE_FORMS,
+    SCORE_NORMS,
+    STAGES,
+    STRUCTURES,
+)
+from kdprune.errors import UserError, check_choice
+
+
+ALL_STAGES = STAGES  # the option determines every shared stage (teacher, KD student, dense CE student)
+TEACHER_STAGES = ("teacher", "student")  # the teacher, and the student trained under it
+STUDENT_STAGES = ("student", "dense-ce")  # the students (KD and dense CE), not the teacher
 
 
 def _f(default, help: str, **kw):
+    """One option, declared once: its type (the annotation), ``default``, ``help``, and in ``kw`` what
+    everything else reads: ``choices`` (a tuple of :mod:`kdprune.choices`) or a range (``ge``, ``gt``, ``le``,
+    ``lt``) that validation checks; ``used_by``, the recipes that read it (``--help`` says so; with
+    ``neutral`` it is left out of the other recipes' run hashes); ``stages``, the shared stages whose identity
+    it is part of (the sweep's stage keys); ``neutral``, the value that behaves as before the option existed
+    (left out of run hashes, so adding an option renames no run)."""
     if isinstance(default, list):
         return field(default_factory=lambda d=default: list(d), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
@@ -29,26 +54,30 @@ def _f(default, help: str, **kw):
 
 @dataclass
 class CommonConfig:
+    """data and training"""
+
     dataset: str | None = _f(None, "digits (embedded) | cifar10 | cifar100 | tinyimagenet | folder (DIR/train/<class>/*, "
-                                   "DIR/test/<class>/*); default: digits, or what --data-dir holds")
-    data_dir: str | None = _f(None, "folder holding the dataset (its official folder or the parent)")
-    download: bool = _f(False, "download and checksum the official archive into --data-dir first")
+                                   "DIR/test/<class>/*); default: digits, or what --data-dir holds", stages=ALL_STAGES)
+    data_dir: str | None = _f(None, "folder holding the dataset (its official folder or the parent)", stages=ALL_STAGES)
+    download: bool = _f(False, "download and checksum the official archive into --data-dir first", stages=ALL_STAGES)
     image_size: int | None = _f(None, "resize every image to this size once at load (area averaging), e.g. 16 for "
-                                      "a CPU-sized CIFAR; default: the dataset's own", neutral=None)
-    batch_size: int = _f(64, "mini-batch size")
-    lr: float = _f(0.1, "peak learning rate of dense/teacher/student training")
-    optimizer: str = _f("sgd", "sgd | adamw")
-    momentum: float = _f(0.9, "SGD momentum")
-    nesterov: bool = _f(True, "Nesterov momentum for SGD")
-    weight_decay: float = _f(5e-4, "weight decay (L2 for SGD, decoupled for AdamW)")
-    schedule: str = _f("cosine", "learning-rate schedule: cosine | multistep | constant")
-    grad_clip: float | None = _f(None, "clip the gradient norm to this value")
-    seed: int = _f(0, "seed of initialisation, data order and augmentation")
+                                      "a CPU-sized CIFAR; default: the dataset's own", neutral=None, ge=4, le=1024,
+                                stages=ALL_STAGES)
+    batch_size: int = _f(64, "mini-batch size", gt=0, stages=ALL_STAGES)
+    lr: float = _f(0.1, "peak learning rate of dense/teacher/student training", ge=0, stages=ALL_STAGES)
+    optimizer: str = _f("sgd", "sgd | adamw", choices=OPTIMIZERS, stages=ALL_STAGES)
+    momentum: float = _f(0.9, "SGD momentum", ge=0, stages=ALL_STAGES)
+    nesterov: bool = _f(True, "Nesterov momentum for SGD", stages=ALL_STAGES)
+    weight_decay: float = _f(5e-4, "weight decay (L2 for SGD, decoupled for AdamW)", ge=0, stages=ALL_STAGES)
+    schedule: str = _f("cosine", "learning-rate schedule: cosine | multistep | constant", choices=SCHEDULES,
+                       stages=ALL_STAGES)
+    grad_clip: float | None = _f(None, "clip the gradient norm to this value", stages=ALL_STAGES)
+    seed: int = _f(0, "seed of initialisation, data order and augmentation", stages=ALL_STAGES)
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
-    amp: bool = _f(True, "mixed precision on CUDA (bf16 where supported); ignored on the CPU")
+    amp: bool = _f(True, "mixed precision on CUDA (bf16 where supported); ignored on the CPU", stages=ALL_STAGES)
     channels_last: bool = _f(True, "channels_last memory format for weights and batches: measured 1.28-1.37x faster "
                                    "training on CPU, PyTorch's advice for CNNs on CUDA; --no-channels-last keeps NCHW "
-                                   "(a resumed run keeps the format it recorded)")
+                                   "(a resumed run keeps the format it recorded)", stages=ALL_STAGES)
     compile: bool = _f(False, "torch.compile the training step (off: on CPU its warm-up outweighs its gain over "
                               "channels_last for runs shorter than about 7 minutes per stage, see docs/getting-started.md)")
     out: str = _f("runs/default", "output folder")
@@ -61,53 +90,72 @@ class TrainConfig(CommonConfig):
     """``kdprune train``: dense training with cross-entropy."""
 
     arch: str = _f("resnet20", "architecture (see `kdprune models`)")
-    epochs: int = _f(15, "training epochs")
+    epochs: int = _f(15, "training epochs", ge=0)
     out: str = _f("runs/train", "output folder")
 
 
 @dataclass
 class DistillConfig:
-    alpha: float = _f(0.9, "weight of the distillation term: L = alpha*KD + (1-alpha)*CE")
-    temperature: float = _f(4.0, "distillation temperature T")
-    kd_loss: str = _f("ca-kld", "ca-kld (z-scored logits, the paper's) | kd (Hinton)")
-    kd_eps: float = _f(1e-7, "epsilon of the CA-KLD logit normalisation")
-    kd_t_squared: bool = _f(True, "multiply the KD term by T^2 as in Hinton et al.")
+    """distillation: L_total = alpha*KD + (1-alpha)*CE (the KD student, KD retraining, teacher-guided scores)"""
+
+    alpha: float = _f(0.9, "weight of the distillation term: L = alpha*KD + (1-alpha)*CE", ge=0, le=1,
+                      stages=("student",))
+    temperature: float = _f(4.0, "distillation temperature T", gt=0, stages=("student",))
+    kd_loss: str = _f("ca-kld", "ca-kld (z-scored logits, the paper's) | kd (Hinton)", choices=KD_LOSSES,
+                      stages=("student",))
+    kd_eps: float = _f(1e-7, "epsilon of the CA-KLD logit normalisation", stages=("student",))
+    kd_t_squared: bool = _f(True, "multiply the KD term by T^2 as in Hinton et al.", stages=("student",))
     kd_std: str = _f("population", "CA-KLD logit standardisation: population std (the formula's) | sample "
-                     "(N-1, as the logit-standardisation reference code)", neutral="population")
+                     "(N-1, as the logit-standardisation reference code)", neutral="population", choices=KD_STDS,
+                     stages=("student",))
 
 
 @dataclass
 class PruneOptions:
+    """pruning: the method, its scores and the masks (one global threshold, the paper's; collapse guards)"""
+
     method: str = _f("teacher-guided", "pruning method (`kdprune methods`; `prune` takes its criterion)")
-    scope: str = _f("global", "global (one threshold over all layers) | layerwise")
-    score_batches: int | None = _f(None, "batches summed for gradient scores (default: one epoch, at most 100)")
-    score_form: str = _f("taylor", "gradient score: taylor |w*g| | grad |g| | taylor2 (w*g)^2")
+    scope: str = _f("global", "global (one threshold over all layers) | layerwise", choices=SCOPES)
+    score_batches: int | None = _f(None, "batches summed for gradient scores (default: one epoch, at most 100)", gt=0)
+    score_form: str = _f("taylor", "gradient score: taylor |w*g| | grad |g| | taylor2 (w*g)^2", choices=SCORE_FORMS)
     prune_first: bool = _f(True, "prune the first convolution")
     prune_last: bool = _f(True, "prune the classifier")
-    structure: str = _f("unstructured", "unstructured (single weights, the paper's) | channel (whole channels, "
-                                        "Torch-Pruning surgery: a smaller, faster dense model)", neutral="unstructured")
-    target_macs: str | None = _f(None, "channel: shrink the MACs by this factor, e.g. 2x (run: a comma list, 2x,4x)",
-                                 neutral=None)
-    target_params: float | None = _f(None, "channel: remove this fraction of the parameters instead", neutral=None)
-    channel_floor: float = _f(0.1, "channel: every dependency group keeps at least this fraction of its channels",
-                              neutral=0.1)
-    channel_round: int = _f(1, "channel: every group keeps a multiple of this many channels (e.g. 8; faster "
-                               "kernels); 1 = no rounding", neutral=1)
     score_rounds: int = _f(1, "progressive scoring: reach each sparsity in R score->mask steps on an exponential "
-                              "schedule, re-scoring the masked student (1 = the paper's one-shot)", neutral=1)
-    layer_floor: float = _f(0.0, "keep at least this fraction of every layer (0 = none, the paper's)", neutral=0.0)
+                              "schedule, re-scoring the masked student (1 = the paper's one-shot)", neutral=1, ge=1,
+                           used_by=("post-training",))
+    layer_floor: float = _f(0.0, "keep at least this fraction of every layer (0 = none, the paper's)", neutral=0.0,
+                            ge=0, lt=1, used_by=("post-training", "epsd"))
     score_norm: str = _f("none", "per-layer score normalisation before the global threshold: none (the paper's) | "
-                                 "l2 | mean", neutral="none")
+                                 "l2 | mean", neutral="none", choices=SCORE_NORMS, used_by=("post-training", "epsd"))
+
+
+@dataclass
+class ChannelOptions:
+    """channel pruning (--structure channel): whole channels removed, a smaller dense model"""
+
+    structure: str = _f("unstructured", "unstructured (single weights, the paper's) | channel (whole channels, "
+                                        "Torch-Pruning surgery: a smaller, faster dense model)", neutral="unstructured",
+                        choices=STRUCTURES)
+    target_macs: str | None = _f(None, "channel: shrink the MACs by this factor, e.g. 2x (run: a comma list, 2x,4x)",
+                                 neutral=None, used_by=("channel",))
+    target_params: float | None = _f(None, "channel: remove this fraction of the parameters instead", neutral=None,
+                                     used_by=("channel",))
+    channel_floor: float = _f(0.1, "channel: every dependency group keeps at least this fraction of its channels",
+                              neutral=0.1, ge=0, lt=1, used_by=("channel",))
+    channel_round: int = _f(1, "channel: every group keeps a multiple of this many channels (e.g. 8; faster "
+                               "kernels); 1 = no rounding", neutral=1, ge=1, used_by=("channel",))
 
 
 @dataclass
 class CriterionOptions:
-    synflow_iterations: int = _f(100, "SynFlow: pruning rounds (exponential schedule)")
-    grasp_temperature: float = _f(200.0, "GraSP: logits are divided by this before the loss")
+    """criteria of pruning at initialisation"""
+
+    synflow_iterations: int = _f(100, "SynFlow: pruning rounds (exponential schedule)", gt=0, used_by=("at-init",))
+    grasp_temperature: float = _f(200.0, "GraSP: logits are divided by this before the loss", used_by=("at-init",))
 
 
 @dataclass
-class PruneConfig(CommonConfig, DistillConfig, CriterionOptions, PruneOptions):
+class PruneConfig(CommonConfig, DistillConfig, CriterionOptions, ChannelOptions, PruneOptions):
     """``kdprune prune``: one-shot pruning of an existing checkpoint, no retraining."""
 
     checkpoint: str | None = _f(None, "model to prune: model.safetensors, checkpoint.pt, a .pt state_dict or a run folder")
@@ -120,46 +168,67 @@ class PruneConfig(CommonConfig, DistillConfig, CriterionOptions, PruneOptions):
 
 @dataclass
 class IMPOptions:
-    rate: float = _f(0.2, "IMP: fraction of the remaining weights pruned per round")
-    rounds: int | None = _f(None, "IMP: rounds to reach the highest sparsity (sets the rate; default: from --rate)")
-    rewind_epoch: int = _f(1, "IMP: rewind surviving weights to this epoch of dense training (0 = init, as in LTH)")
-    imp_reinit: bool = _f(False, "IMP control: random re-initialisation instead of rewinding")
-    colt_partitions: int = _f(2, "COLT: class-partitioned tickets per round")
+    """iterative pruning: IMP (Lottery Ticket with rewinding) and COLT"""
+
+    rate: float = _f(0.2, "IMP: fraction of the remaining weights pruned per round", gt=0, lt=1,
+                     used_by=("imp", "colt"))
+    rounds: int | None = _f(None, "IMP: rounds to reach the highest sparsity (sets the rate; default: from --rate)",
+                            gt=0, used_by=("imp",))
+    rewind_epoch: int = _f(1, "IMP: rewind surviving weights to this epoch of dense training (0 = init, as in LTH)",
+                           stages=("dense-ce",), used_by=("imp",))
+    imp_reinit: bool = _f(False, "IMP control: random re-initialisation instead of rewinding", used_by=("imp",))
+    colt_partitions: int = _f(2, "COLT: class-partitioned tickets per round", ge=2, used_by=("colt",))
     colt_heads: str = _f("own", "COLT: own (each ticket its own C/P-class head, as the reference code) | shared "
                                 "(one C-class head pruned by intersection, kdprune's earlier reading)", neutral="shared",
-                        recipes=("colt",))
+                         choices=COLT_HEADS, used_by=("colt",))
 
 
 @dataclass
 class EPSDOptions:
-    epsd_warmup_epochs: int = _f(1, "EPSD/Simple: dense epochs with the self-distillation loss before pruning")
+    """early pruning with self-distillation (EPSD, Simple, EPG)"""
+
+    epsd_warmup_epochs: int = _f(1, "EPSD/Simple: dense epochs with the self-distillation loss before pruning",
+                                 used_by=("epsd",))
 
 
 @dataclass
-class RunConfig(CommonConfig, DistillConfig, CriterionOptions, IMPOptions, EPSDOptions, PruneOptions):
+class RunConfig(CommonConfig, DistillConfig, CriterionOptions, IMPOptions, EPSDOptions, ChannelOptions, PruneOptions):
     """``kdprune run``: teacher -> KD student -> one-shot pruning at each sparsity -> retraining."""
 
-    arch: str = _f("resnet20", "student architecture")
-    teacher_arch: str = _f("resnet32", "teacher architecture")
-    teacher_checkpoint: str | None = _f(None, "use this trained teacher instead of training one")
+    arch: str = _f("resnet20", "student architecture", stages=STUDENT_STAGES)
+    teacher_arch: str = _f("resnet32", "teacher architecture", stages=TEACHER_STAGES)
+    teacher_checkpoint: str | None = _f(None, "use this trained teacher instead of training one", stages=TEACHER_STAGES)
     teacher_seed: int | None = _f(None, "seed of the teacher's training (default: --seed); one value over a sweep "
-                                        "of seeds trains one teacher that every seed shares", neutral=None)
-    student_checkpoint: str | None = _f(None, "start the student from these weights (default: random init)")
-    teacher_epochs: int = _f(15, "teacher training epochs (when no --teacher-checkpoint)")
-    student_epochs: int = _f(15, "student distillation epochs")
-    retrain_epochs: int = _f(6, "sparsity-aware retraining epochs (the retraining budget)")
+                                        "of seeds trains one teacher that every seed shares", neutral=None,
+                                  stages=("student",))
+    student_checkpoint: str | None = _f(None, "start the student from these weights (default: random init)",
+                                        stages=("student",))
+    teacher_epochs: int = _f(15, "teacher training epochs (when no --teacher-checkpoint)", ge=0, stages=TEACHER_STAGES)
+    student_epochs: int = _f(15, "student distillation epochs", ge=0, stages=STUDENT_STAGES)
+    retrain_epochs: int = _f(6, "sparsity-aware retraining epochs (the retraining budget)", ge=0)
     retrain_schedule: str = _f(
         "restart", "retraining learning rate: finetune (--retrain-lr decayed by --schedule over the retraining) | "
         "lr-rewind (the last --retrain-epochs of the training schedule: peak --lr over --student-epochs, Renda et "
         "al. 2020) | restart (the training schedule from peak --lr, compressed into the retraining)",
-        neutral="finetune")
-    retrain_lr: float = _f(0.01, "peak learning rate of retraining with --retrain-schedule finetune")
+        neutral="finetune", choices=RETRAIN_SCHEDULES)
+    retrain_lr: float = _f(0.01, "peak learning rate of retraining with --retrain-schedule finetune", ge=0)
     sparsity: list[float] = _f([0.5, 0.75, 0.9, 0.95, 0.98], "comma list of target sparsities, each in (0, 1)")
-    retrain: str = _f("both", "plain (CE) | kd (L_total) | both")
+    retrain: str = _f("both", "plain (CE) | kd (L_total) | both", choices=RETRAIN)
     channel_twin: bool = _f(False, "channel: also prune the same student unstructured (same importance, one global "
                                    "threshold) to the channel model's parameter count and retrain it the same way "
-                                   "(rows 'unstructured, same params')", neutral=False)
+                                   "(rows 'unstructured, same params')", neutral=False, used_by=("channel",))
     out: str = _f("runs/default", "output folder")
+
+
+_GROUP_ORDER = [CommonConfig, DistillConfig, PruneOptions, ChannelOptions, CriterionOptions, IMPOptions, EPSDOptions]
+_OWN_TITLES = {TrainConfig: "the model", PruneConfig: "the model to prune, its teacher and the sparsity",
+               RunConfig: "the run: student, teacher, sparsities and retraining"}
+
+
+def stage_keys(stage: str, cls=None) -> tuple[str, ...]:
+    """The options that determine a shared stage (its folder's hash in a sweep): those declared with it in
+    ``stages``."""
+    return tuple(f_.name for f_ in fields(cls or RunConfig) if stage in f_.metadata.get("stages", ()))
 
 
 # ------------------------------------------------------------------------------------- type handling
@@ -216,37 +285,42 @@ def coerce(tp, value: Any, key: str) -> Any:
     raise UserError(f"{key}: expected {name}, got {value!r}")
 
 
+def _bounds_error(name: str, v, md: dict) -> str | None:
+    """The declared range's message for ``v``, or None when it lies inside (``must be positive``, ``must not be
+    negative``, ``must be at least N``, ``must lie in [a, b)``, ``must lie strictly between a and b``)."""
+    ge, gt, le, lt = (md.get(k) for k in ("ge", "gt", "le", "lt"))
+    ok = ((ge is None or v >= ge) and (gt is None or v > gt) and (le is None or v <= le) and (lt is None or v < lt))
+    if ok:
+        return None
+    lo, hi = (ge if ge is not None else gt), (le if le is not None else lt)
+    if hi is None:
+        what = ("must be positive" if gt == 0 else "must not be negative" if ge == 0 else
+                f"must be at least {ge}" if ge is not None else f"must be above {gt}")
+    elif gt is not None and lt is not None:
+        what = f"must lie strictly between {lo:g} and {hi:g}"
+    else:
+        what = f"must lie in {'[' if ge is not None else '('}{lo:g}, {hi:g}{']' if le is not None else ')'}"
+    return f"{name}: {what}, got {v}"
+
+
 def _validate(cfg) -> None:
-    """Range checks that need no I/O."""
+    """Every declared check (finite numbers, ``choices``, ranges), then the checks between options."""
     for f_ in fields(cfg):
-        v = getattr(cfg, f_.name)
+        v, md = getattr(cfg, f_.name), f_.metadata
         if isinstance(v, float) and not math.isfinite(v):
             raise UserError(f"{f_.name}: must be a finite number, got {v}")
-    positive = ["batch_size"]
-    nonneg = ["epochs", "teacher_epochs", "student_epochs", "retrain_epochs", "lr", "retrain_lr",
-              "weight_decay", "momentum"]
-    for k in positive:
-        if hasattr(cfg, k) and getattr(cfg, k) <= 0:
-            raise UserError(f"{k}: must be positive, got {getattr(cfg, k)}")
-    for k in nonneg:
-        if hasattr(cfg, k) and getattr(cfg, k) < 0:
-            raise UserError(f"{k}: must not be negative, got {getattr(cfg, k)}")
-    if getattr(cfg, "image_size", None) is not None and not 4 <= cfg.image_size <= 1024:
-        raise UserError(f"image_size: must lie in [4, 1024], got {cfg.image_size}")
+        if v is None:
+            continue
+        if "choices" in md:
+            check_choice(f_.name, v, md["choices"])
+        if not isinstance(v, bool) and isinstance(v, (int, float)):
+            msg = _bounds_error(f_.name, v, md)
+            if msg:
+                raise UserError(msg)
     if getattr(cfg, "structure", "unstructured") == "channel":
         _validate_channel(cfg)
     elif getattr(cfg, "channel_twin", False):
         raise UserError("--channel-twin goes with --structure channel")
-    if getattr(cfg, "score_rounds", 1) < 1:
-        raise UserError(f"score_rounds: must be at least 1, got {cfg.score_rounds}")
-    if not 0.0 <= getattr(cfg, "layer_floor", 0.0) < 1.0:
-        raise UserError(f"layer_floor: must lie in [0, 1), got {cfg.layer_floor}")
-    if getattr(cfg, "score_batches", None) is not None and cfg.score_batches <= 0:
-        raise UserError(f"score_batches: must be positive, got {cfg.score_batches}")
-    if hasattr(cfg, "alpha") and not 0.0 <= cfg.alpha <= 1.0:
-        raise UserError(f"alpha: must lie in [0, 1], got {cfg.alpha}")
-    if hasattr(cfg, "temperature") and cfg.temperature <= 0:
-        raise UserError(f"temperature: must be positive, got {cfg.temperature}")
     sp = getattr(cfg, "sparsity", None)
     for s in (sp if isinstance(sp, list) else [] if sp is None else [sp]):
         if not 0.0 < s < 1.0:
@@ -254,18 +328,10 @@ def _validate(cfg) -> None:
     if isinstance(sp, list) and len(set(sp)) != len(sp):
         raise UserError(f"sparsity: values repeat in {sp}")
     _validate_names_and_files(cfg)
-    choices = {"retrain": ("plain", "kd", "both"), "scope": ("global", "layerwise"),
-               "kd_loss": ("ca-kld", "kd"), "kd_std": ("population", "sample"), "score_norm": ("none", "l2", "mean"),
-               "retrain_schedule": ("finetune", "lr-rewind", "restart"), "structure": ("unstructured", "channel"), "colt_heads": ("own", "shared"),
-               "score_form": ("taylor", "grad", "taylor2"),
-               "optimizer": ("sgd", "adamw"), "schedule": ("cosine", "multistep", "constant")}
-    for k, allowed in choices.items():
-        if hasattr(cfg, k) and getattr(cfg, k) not in allowed:
-            raise UserError(f"{k}: expected one of {', '.join(allowed)}, got {getattr(cfg, k)!r}")
 
 
 def _validate_channel(cfg) -> None:
-    from kdprune.pruning.structured import STRUCTURED_CRITERIA, parse_macs_target
+    from kdprune.pruning.structured import STRUCTURED_CRITERIA, channel_criterion, parse_macs_target
 
     if (cfg.target_macs is None) == (cfg.target_params is None):
         raise UserError("--structure channel needs exactly one target: --target-macs (e.g. 2x) or --target-params")
@@ -277,21 +343,15 @@ def _validate_channel(cfg) -> None:
             parse_macs_target(t)
     if cfg.target_params is not None and not 0.0 < cfg.target_params < 1.0:
         raise UserError(f"target_params: a fraction of the parameters to remove in (0, 1), got {cfg.target_params}")
-    if cfg.channel_round < 1:
-        raise UserError(f"channel_round: must be at least 1, got {cfg.channel_round}")
-    if not 0.0 <= cfg.channel_floor < 1.0:
-        raise UserError(f"channel_floor: must lie in [0, 1), got {cfg.channel_floor}")
-    if getattr(cfg, "channel_twin", False) and cfg.method not in ("teacher-guided", "magnitude", "random"):
+    from kdprune.methods import METHODS
+    from kdprune.methods.registry import POST
+
+    if getattr(cfg, "channel_twin", False) and getattr(METHODS.get(cfg.method), "recipe", None) is not POST:
         raise UserError(f"--channel-twin needs an unstructured criterion of the same name: --method teacher-guided, "
                         f"magnitude or random, got {cfg.method!r}")
-    if structured_criterion(cfg.method) not in STRUCTURED_CRITERIA:
+    if channel_criterion(cfg.method) not in STRUCTURED_CRITERIA:
         raise UserError(f"--structure channel takes --method {', '.join(('magnitude',) + STRUCTURED_CRITERIA)}, "
                         f"got {cfg.method!r}")
-
-
-def structured_criterion(method: str) -> str:
-    """``magnitude`` means group L1 magnitude for channels."""
-    return "l1" if method == "magnitude" else method
 
 
 def _validate_names_and_files(cfg) -> None:
@@ -310,18 +370,10 @@ def _validate_names_and_files(cfg) -> None:
 
         if getattr(cfg, "structure", "unstructured") == "unstructured":  # channel: checked above
             get_method(cfg.method)
-        if not 0.0 < cfg.rate < 1.0:
-            raise UserError(f"rate: must lie strictly between 0 and 1, got {cfg.rate}")
-        if cfg.colt_partitions < 2:
-            raise UserError(f"colt_partitions: must be at least 2, got {cfg.colt_partitions}")
-        if cfg.rounds is not None and cfg.rounds <= 0:
-            raise UserError(f"rounds: must be positive, got {cfg.rounds}")
         if cfg.rewind_epoch < 0 or cfg.rewind_epoch > cfg.student_epochs:
             raise UserError(f"rewind_epoch: must lie in [0, student_epochs={cfg.student_epochs}], got {cfg.rewind_epoch}")
     elif hasattr(cfg, "method") and getattr(cfg, "structure", "unstructured") == "unstructured":
         get_criterion(cfg.method)
-    if getattr(cfg, "synflow_iterations", 1) <= 0:
-        raise UserError(f"synflow_iterations: must be positive, got {cfg.synflow_iterations}")
     for k in ("checkpoint", "teacher_checkpoint", "student_checkpoint"):
         path = getattr(cfg, k, None)
         if path and not Path(path).exists():
@@ -443,10 +495,12 @@ def to_dict(cfg) -> dict:
 
 
 def _recipe(cfg) -> str | None:
-    from kdprune.methods import METHODS
+    """The name of the recipe the run's method (and structure) runs, or None for an unknown method."""
+    from kdprune.methods import METHODS, method_or_structured
 
-    m = METHODS.get(getattr(cfg, "method", ""))
-    return m.recipe if m else None
+    if getattr(cfg, "method", "") not in METHODS and getattr(cfg, "structure", "unstructured") != "channel":
+        return None
+    return method_or_structured(cfg).recipe.name
 
 
 def neutral_values(cfg) -> dict:
@@ -466,22 +520,42 @@ def identity(cfg, keys=None) -> dict:
         v = getattr(cfg, f_.name)
         if "neutral" in f_.metadata and v == f_.metadata["neutral"]:
             continue
-        if "recipes" in f_.metadata and _recipe(cfg) not in f_.metadata["recipes"]:
-            continue  # an option of other recipes does not identify this run
+        if "neutral" in f_.metadata and "used_by" in f_.metadata and _recipe(cfg) not in f_.metadata["used_by"]:
+            continue  # an option added later that this run's recipe does not read does not identify it
         out[f_.name] = v
     return out
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
-    """One flag per field (``--PREFIXfield-name``); values stay raw strings and are typed by :func:`build_config`."""
+def _declared_in(cls) -> dict[str, type]:
+    """field name -> the class of ``cls``'s MRO that declares it (its ``--help`` group)."""
+    out = {}
+    for klass in reversed(cls.__mro__):
+        for name in vars(klass).get("__annotations__", {}):
+            out[name] = klass
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "", grouped: bool = False) -> None:
+    """One flag per field (``--PREFIXfield-name``); values stay raw strings and are typed by :func:`build_config`.
+    ``grouped``: one ``--help`` section per option group (the dataclass that declares it, titled by its
+    docstring), and each option says which recipes read it."""
     types_ = _field_types(cls)
+    owner = _declared_in(cls)
+    groups: dict[type, argparse._ActionsContainer] = {}
+    if grouped:  # the command's own options, then the shared groups in the pipeline's order
+        for klass in sorted(set(owner.values()), key=lambda k: (k is not cls, _GROUP_ORDER.index(k) if k in _GROUP_ORDER
+                                                                else len(_GROUP_ORDER))):
+            doc = (klass.__doc__ or "").strip().splitlines()[0]
+            groups[klass] = parser.add_argument_group(_OWN_TITLES.get(klass, doc))
     for f_ in fields(cls):
         flag = "--" + prefix + f_.name.replace("_", "-")
         base, _ = _unwrap_optional(types_[f_.name])
         default = f_.default if f_.default is not MISSING else f_.default_factory()  # type: ignore[misc]
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        help_ = f"{f_.metadata.get('help', '')} (default: {shown})"
+        used = f" [{', '.join(f_.metadata['used_by'])}]" if "used_by" in f_.metadata else ""
+        help_ = f"{f_.metadata.get('help', '')}{used} (default: {shown})"
+        target = groups[owner[f_.name]] if grouped else parser
         if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
+            target.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
         else:
-            parser.add_argument(flag, default=argparse.SUPPRESS, metavar=f_.name.upper(), help=help_)
+            target.add_argument(flag, default=argparse.SUPPRESS, metavar=f_.name.upper(), help=help_)

@@ -18,16 +18,9 @@ from pathlib import Path
 import torch
 
 from kdprune.errors import UserError
-from kdprune.experiments.report import (
-    _colors,
-    _savefig,
-    _series_label,
-    _style,
-    _variant_look,
-    channel_kind,
-    is_channel_row,
-    level,
-)
+from kdprune.experiments.plotstyle import level, method_colors, savefig, series_labels, style, variant_look
+from kdprune.methods.registry import PAPER_METHOD
+from kdprune.methods.result import channel_kind, is_channel_row
 
 
 def _model_key(row: dict) -> tuple:
@@ -125,15 +118,15 @@ def plot_latency(points: dict, dataset: str, path: Path, batch: int, channels_la
     import matplotlib.pyplot as plt
 
     keys = [k for k in points if k[0] == dataset]
-    colors = _colors(k[2] for k in keys)
+    colors = method_colors(k[2] for k in keys)
     fig, ax = plt.subplots(figsize=(8.5, 6))
     for series in sorted({k[1:4] for k in keys}):
         pts = sorted((points[k]["speedup"], points[k]["top1"], k[4], points[k]["kind"]) for k in keys
                      if k[1:4] == series)
-        ls, marker = _style(series[2])
-        marker, alpha = _variant_look(series[2], marker)
+        ls, marker = style(series[2])
+        marker, alpha = variant_look(series[2], marker)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=ls, marker=marker, color=colors[series[1]],
-                alpha=alpha, linewidth=2.4 if series[1] == "teacher-guided" else 1.5,
+                alpha=alpha, linewidth=2.4 if series[1] == PAPER_METHOD else 1.5,
                 label=f"{series[1]} ({series[2]})")
         for x, y, s, kind in pts:
             ax.annotate(level(s, kind).replace(" MACs", ""), (x, y), textcoords="offset points", xytext=(4, 4),
@@ -147,7 +140,7 @@ def plot_latency(points: dict, dataset: str, path: Path, batch: int, channels_la
     ax.legend(fontsize=8, loc="best")
     ax.set_title(f"{dataset}: accuracy vs measured latency\n{where(batch, channels_last)}", fontsize=10)
     fig.tight_layout()
-    _savefig(fig, path)
+    savefig(fig, path)
     plt.close(fig)
 
 
@@ -155,7 +148,7 @@ def write_latency(rows: list[dict], out: Path, batch: int = 64, repeats: int = 3
                   channels_last: bool = True) -> tuple[str, list[str]]:
     """The latency section of the report and its plots (one per dataset); returns (markdown, files). Models
     are timed in ``channels_last`` (kdprune's training and evaluation default) or NCHW."""
-    labels = _series_label(rows)
+    labels = series_labels(rows)
     points = latency_points(rows, labels, measure(rows, batch, repeats, channels_last))
     files = []
     for dataset in sorted({k[0] for k in points}):

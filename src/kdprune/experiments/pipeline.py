@@ -26,7 +26,6 @@ from kdprune.experiments.outdir import follow_recorded, prepare_out
 from kdprune.experiments.results import format_table
 from kdprune.io import read_jsonl, save_tensors, write_json, write_text
 from kdprune.losses import CrossEntropy
-from kdprune.methods import RECIPES
 from kdprune.methods.context import (
     RunContext,
     build_model,
@@ -35,6 +34,7 @@ from kdprune.methods.context import (
     distillation,
     log,
     result_key,
+    score_batches,
 )
 from kdprune.methods.registry import method_or_structured
 from kdprune.models.weights import load_weights
@@ -42,6 +42,7 @@ from kdprune.pruning.criteria import get_criterion
 from kdprune.pruning.masks import MaskSet, sparsity_report
 from kdprune.pruning.progressive import progressive_masks, rescoring
 from kdprune.pruning.prunable import prunable_parameters
+from kdprune.pruning.threshold import MaskOptions
 from kdprune.train import evaluate
 from kdprune.train.stage import make_env, optim_spec, run_training_stage
 
@@ -83,6 +84,26 @@ def train_dense(cfg: TrainConfig, callbacks=()) -> dict:
 
 # ------------------------------------------------------------------------------------------ prune
 
+def _load_for_pruning(cfg: PruneConfig, needs_teacher: bool):
+    """What both kinds of ``kdprune prune`` start from: the data, the model to prune (and the teacher when the
+    criterion needs one), the prepared ``--out`` with its ``dataset.json``, and the model's dense top-1.
+    Returns ``(env, model, teacher or None, out, dense_top1)``."""
+    if needs_teacher and not cfg.teacher_checkpoint:
+        raise UserError(f"--method {cfg.method} needs --teacher-checkpoint (and --teacher-arch)")
+    env = make_env(cfg)
+    nc = env.data.num_classes
+    model = load_weights(build_model(cfg.arch, env, cfg.seed), cfg.checkpoint, cfg.arch, nc)
+    teacher = None
+    if needs_teacher:
+        teacher = load_weights(build_model(cfg.teacher_arch, env, cfg.seed), cfg.teacher_checkpoint, cfg.teacher_arch, nc)
+        teacher.eval().requires_grad_(False)
+    out = prepare_out(cfg, "prune", env.is_main)
+    if env.is_main:  # what the model expects: class names and the normalisation of the training split
+        write_json(out / "dataset.json", env.data.describe())
+    log(env, f"kdprune prune: {cfg.dataset} on {describe_compute(env)} -> {out}")
+    return env, model, teacher, out, evaluate(model, env.test, cfg.amp)["top1"]
+
+
 def prune_checkpoint(cfg: PruneConfig) -> dict:
     if not cfg.checkpoint:
         raise UserError("prune needs --checkpoint (the model to prune)")
@@ -90,20 +111,7 @@ def prune_checkpoint(cfg: PruneConfig) -> dict:
     if cfg.structure == "channel":
         return prune_channels_checkpoint(cfg)
     crit = get_criterion(cfg.method)
-    if crit.needs_teacher and not cfg.teacher_checkpoint:
-        raise UserError(f"--method {cfg.method} needs --teacher-checkpoint (and --teacher-arch)")
-    env = make_env(cfg)
-    nc = env.data.num_classes
-    model = load_weights(build_model(cfg.arch, env, cfg.seed), cfg.checkpoint, cfg.arch, nc)
-    teacher = None
-    if crit.needs_teacher:
-        teacher = load_weights(build_model(cfg.teacher_arch, env, cfg.seed), cfg.teacher_checkpoint, cfg.teacher_arch, nc)
-        teacher.eval().requires_grad_(False)
-    out = prepare_out(cfg, "prune", env.is_main)
-    if env.is_main:  # what the model expects: class names and the normalisation of the training split
-        write_json(out / "dataset.json", env.data.describe())
-    log(env, f"kdprune prune: {cfg.dataset} on {describe_compute(env)} -> {out}")
-    dense_top1 = evaluate(model, env.test, cfg.amp)["top1"]
+    env, model, teacher, out, dense_top1 = _load_for_pruning(cfg, crit.needs_teacher)
     params = prunable_parameters(model, cfg.prune_first, cfg.prune_last)
     t0 = time.perf_counter()
     kwargs = criterion_kwargs(crit, cfg, env, teacher)
@@ -113,8 +121,7 @@ def prune_checkpoint(cfg: PruneConfig) -> dict:
     else:
         dense_state = {k: v.clone() for k, v in model.state_dict().items()}
         score_masked = rescoring(model, dense_state, lambda: crit.score(model, params, batches(), **kwargs))
-        keep = progressive_masks(score_masked, cfg.sparsity, cfg.score_rounds, cfg.scope,
-                                 layer_floor=cfg.layer_floor, score_norm=cfg.score_norm)
+        keep = progressive_masks(score_masked, cfg.sparsity, cfg.score_rounds, MaskOptions.of(cfg))
         model.load_state_dict(dense_state)
     score_s = time.perf_counter() - t0
     masks = MaskSet(keep).bind(model)
@@ -150,18 +157,13 @@ def run_pipeline(cfg: RunConfig, callbacks=()) -> list[dict]:
     if env.is_main:  # what the model expects: class names and the normalisation of the training split
         write_json(out / "dataset.json", env.data.describe())
     log(env, f"kdprune run: {cfg.dataset} on {describe_compute(env)} -> {out}")
-    ctx = RunContext(cfg, env, out, tuple(callbacks), ["plain", "kd"] if cfg.retrain == "both" else [cfg.retrain])
-    ctx.done = {result_key(r) for r in read_jsonl(out / "results.jsonl")}
-    if cfg.structure == "channel":
-        from kdprune.methods import structured
-
-        structured.run(ctx)
-    else:
-        RECIPES[method.recipe](ctx)
+    ctx = RunContext(cfg, env, out, method, tuple(callbacks), ["plain", "kd"] if cfg.retrain == "both" else [cfg.retrain],
+                     done={result_key(r) for r in read_jsonl(out / "results.jsonl")})
+    method.recipe.run(ctx)
     table = format_table(ctx.rows)
     if env.is_main:
         write_text(out / "results.md", table)
-        write_json(out / "metrics.json", {"method": cfg.method, "recipe": method.recipe, "results": ctx.rows,
+        write_json(out / "metrics.json", {"method": cfg.method, "recipe": method.recipe.name, "results": ctx.rows,
                                           "wall_seconds_this_invocation": time.perf_counter() - t_start})
     return ctx.rows
 
@@ -169,29 +171,15 @@ def run_pipeline(cfg: RunConfig, callbacks=()) -> list[dict]:
 def prune_channels_checkpoint(cfg: PruneConfig) -> dict:
     """``kdprune prune --structure channel``: remove whole channels to the target, write the smaller model
     (``model.safetensors``) and the widths that rebuild it (``widths.json``)."""
-    from kdprune.experiments.config import structured_criterion
     from kdprune.pruning import structured as S
 
-    criterion = structured_criterion(cfg.method)
-    if criterion == "teacher-guided" and not cfg.teacher_checkpoint:
-        raise UserError("--method teacher-guided needs --teacher-checkpoint (and --teacher-arch)")
-    env = make_env(cfg)
-    nc = env.data.num_classes
-    model = load_weights(build_model(cfg.arch, env, cfg.seed), cfg.checkpoint, cfg.arch, nc)
-    teacher = None
-    if criterion == "teacher-guided":
-        teacher = load_weights(build_model(cfg.teacher_arch, env, cfg.seed), cfg.teacher_checkpoint,
-                               cfg.teacher_arch, nc)
-    out = prepare_out(cfg, "prune", env.is_main)
-    if env.is_main:  # what the model expects: class names and the normalisation of the training split
-        write_json(out / "dataset.json", env.data.describe())
-    log(env, f"kdprune prune: {cfg.dataset} on {describe_compute(env)} -> {out}")
-    dense_top1 = evaluate(model, env.test, cfg.amp)["top1"]
+    criterion = S.channel_criterion(cfg.method)
+    env, model, teacher, out, dense_top1 = _load_for_pruning(cfg, S.needs_teacher(criterion))
     t0 = time.perf_counter()
     d = env.data
     example = torch.zeros(1, d.in_channels, d.image_size, d.image_size, device=env.device)
     scores = S.saliency(model, criterion, iter(env.score_loader(cfg.seed)), teacher=teacher,
-                        objective=distillation(cfg), num_batches=cfg.score_batches or min(len(env.train), 100),
+                        objective=distillation(cfg), num_batches=score_batches(cfg, env),
                         seed=cfg.seed)
     plan = S.plan_channels(model, example, scores, floor=cfg.channel_floor, round_to=cfg.channel_round,
                            target_params=cfg.target_params,

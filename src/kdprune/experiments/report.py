@@ -17,17 +17,26 @@ from collections import defaultdict
 from pathlib import Path
 
 from kdprune.errors import UserError
-from kdprune.io import atomic_path, find_up, read_json, read_jsonl, write_text
+from kdprune.io import find_up, read_json, read_jsonl, write_text
+from kdprune.experiments.plotstyle import (
+    method_colors,
+    density_axis,
+    level,
+    savefig,
+    series_color,
+    series_labels,
+    style,
+    variant_look,
+)
+from kdprune.methods.result import ResultRow, channel_kind
 
-CSV_COLUMNS = ["dataset", "arch", "teacher_arch", "method", "regime", "variant", "seed", "target_sparsity",
-               "achieved_sparsity", "top1", "pruned_top1", "dense_top1", "teacher_top1", "epochs", "total_epochs",
-               "images_fwd_bwd", "teacher_forwards", "scoring_batches", "wall_seconds", "total_wall_seconds",
-               "nonzero_params", "total_params", "teacher_images_fwd_bwd", "out"]
+CSV_COLUMNS = ResultRow.columns()  # the one result schema (kdprune.methods.result), as the store's columns
 RADAR_LEVELS = (0.5, 0.75, 0.9, 0.94, 0.98)
 
 
 def collect(paths: list[str | Path]) -> list[dict]:
-    """Every result row under ``paths`` (run folders, searched recursively, or results.jsonl files)."""
+    """Every result row under ``paths``: run folders (searched recursively for results.jsonl), results.jsonl
+    files, or a report's results.csv."""
     rows, seen = [], set()
     for p in map(Path, paths):
         if not p.exists():
@@ -35,7 +44,7 @@ def collect(paths: list[str | Path]) -> list[dict]:
         files = [p] if p.is_file() else sorted(p.rglob("results.jsonl"))
         for f in files:
             try:
-                for r in read_jsonl(f):
+                for r in (_read_csv(f) if f.suffix == ".csv" else read_jsonl(f)):
                     key = (r.get("out"), r["method"], r["regime"], r["seed"], r["target_sparsity"], r["dataset"])
                     if key not in seen:
                         seen.add(key)
@@ -44,10 +53,35 @@ def collect(paths: list[str | Path]) -> list[dict]:
                 raise UserError(f"{f} is not a kdprune results file ({e})") from None
     if not rows:
         raise UserError(f"no results found under {', '.join(map(str, paths))}")
+    _fill_teacher_images(rows)
     return rows
 
 
-POST_TRAINING = ("teacher-guided", "magnitude", "random")
+def _fill_teacher_images(rows: list[dict]) -> None:
+    """Give every row its ``teacher_images_fwd_bwd`` (rows of versions before the field: from the run's
+    ``teacher/metrics.json``, else from a row trained under the same teacher, i.e. the same dataset, teacher
+    architecture and teacher top-1), so that the report's results.csv carries it whole."""
+    known = {}
+    for r in rows:
+        if r.get("teacher_images_fwd_bwd") is None:
+            n = teacher_images(r)
+            r["teacher_images_fwd_bwd"] = n if n else None
+        if r.get("teacher_images_fwd_bwd"):
+            known[(r["dataset"], r.get("teacher_arch"), r.get("teacher_top1"))] = r["teacher_images_fwd_bwd"]
+    for r in rows:
+        if r.get("teacher_images_fwd_bwd") is None:
+            counts = r.get("teacher_top1") is not None
+            r["teacher_images_fwd_bwd"] = known.get((r["dataset"], r.get("teacher_arch"), r.get("teacher_top1")), 0) \
+                if counts else 0
+
+
+def _read_csv(path: Path) -> list[dict]:
+    """The rows of a report's ``results.csv`` (a committed report can be redrawn without its run folders)."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"method", "regime", "target_sparsity", "top1"} <= set(reader.fieldnames or ()):
+            raise ValueError("not a kdprune results.csv: its header lacks method, regime, target_sparsity or top1")
+        return [ResultRow.from_dict(r).to_dict() for r in reader]
 
 
 def class_lines(rows: list[dict], most: int = 20) -> str:
@@ -74,7 +108,10 @@ def teacher_images(row: dict) -> int:
     field existed: read from the run's ``teacher/metrics.json``)."""
     if row.get("teacher_images_fwd_bwd") is not None:
         return int(row["teacher_images_fwd_bwd"])
-    if row["method"] not in POST_TRAINING and row["regime"] != "kd":
+    from kdprune.methods import METHODS
+
+    method = METHODS.get(row["method"])
+    if not (method and method.recipe.pays_for_teacher) and row["regime"] != "kd":
         return 0
     f = Path(row.get("out") or ".").parents[1] / "teacher" / "metrics.json"
     try:
@@ -92,52 +129,15 @@ def _channel_only(agg: dict, dataset: str, arch: str | None = None) -> str:
     return kinds.pop() if len(kinds) == 1 and None not in kinds else ""
 
 
-def is_channel_row(row: dict) -> bool:
-    """A result of channel pruning, or of its unstructured twin (``--channel-twin``)."""
-    return row.get("structure") == "channel" or row.get("twin_of") == "channel"
-
-
-def channel_kind(rows: list[dict]) -> str | None:
-    """``"macs"``/``"params"`` when all ``rows`` are channel pruning (or its twin) to that kind of target."""
-    if not all(map(is_channel_row, rows)):
-        return None
-    return "params" if all(r.get("target_macs") is None for r in rows) else "macs"
-
-
-def level(s: float, channel: bool | str) -> str:
-    """A column or tick label: ``90%`` of the weights, ``2x MACs`` (fewer MACs, channel pruning) or
-    ``50% params`` (of the parameters removed, channel pruning to ``--target-params``)."""
-    if channel == "params":
-        return f"{s:.0%} params"
-    return f"{1 / (1 - s):.3g}x MACs" if channel else f"{s:.0%}"
-
-
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _series_label(rows: list[dict]) -> dict[int, str]:
-    """The regime, then the row's variant (retraining schedule, collapse guards) where a method was run
-    with several, then the budget ("N ep") where one method/regime/variant was run with several."""
-    variants, schedules = defaultdict(set), defaultdict(set)
-    for r in rows:
-        variants[(r["dataset"], r["arch"], r["method"])].add(r.get("variant") or "")
-        schedules[(r["dataset"], r["arch"], r["method"], r["regime"], r.get("variant") or "")].add(r.get("epochs"))
-    labels = {}
-    for r in rows:
-        v = r.get("variant") or ""
-        label = r["regime"] + (f", {v}" if v and len(variants[(r["dataset"], r["arch"], r["method"])]) > 1 else "")
-        if len(schedules[(r["dataset"], r["arch"], r["method"], r["regime"], v)]) > 1:
-            label += f", {r.get('epochs')} ep"
-        labels[id(r)] = label
-    return labels
 
 
 def aggregate(rows: list[dict]) -> dict[tuple, dict]:
     """(dataset, arch, method, regime label, sparsity) -> mean/std of top1 over seeds, and mean cost.
 
     Runs of one method and regime with different schedules are kept apart (the label gets "N ep")."""
-    labels = _series_label(rows)
+    labels = series_labels(rows)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["dataset"], r["arch"], r["method"], labels[id(r)], float(r["target_sparsity"]))].append(r)
@@ -145,6 +145,7 @@ def aggregate(rows: list[dict]) -> dict[tuple, dict]:
     for key, rs in sorted(groups.items()):
         m, s = mean_std([r["top1"] for r in rs])
         out[key] = {"n": len(rs), "mean": m, "std": s, "seeds": sorted(r["seed"] for r in rs),
+                    "regime": rs[0]["regime"], "variant": rs[0].get("variant") or "", "budget": rs[0].get("epochs"),
                     "dense": statistics.fmean(r["dense_top1"] for r in rs),
                     "teacher_images": statistics.fmean(teacher_images(r) for r in rs),
                     "channel": channel_kind(rs),
@@ -211,7 +212,7 @@ def _markdown(agg: dict, published: dict | None = None) -> str:
             cells = [f"{pub[m][s]:.2f}" if s in pub[m] else "–" for s in sparsities]
             lines.append(f"| {m} (published) | " + " | ".join(cells) + " |")
         ours = sorted({k[4] for k in keys})
-        ref_series = next((sr for sr in series if sr[0] == "teacher-guided"), series[0])
+        ref_series = next((sr for sr in series if sr[0] == _paper()), series[0])
         ref = {s: agg[(dataset, arch, *ref_series, s)]["images_fwd_bwd"] for s in ours
                if (dataset, arch, *ref_series, s) in agg}
         ch = _channel_only(agg, dataset, arch)
@@ -284,9 +285,10 @@ def _cheapest_within(pts: list[tuple], margin: float = 0.5) -> str:
             out += f", {p[4] / ref_colt[4]:.3f} of COLT's ({p[5] / ref_colt[4]:.3f})"
         return out
 
-    ok = [p for p in pts if p[0] == "teacher-guided" and p[2] >= ref[2] - margin]
+    paper = _paper()
+    ok = [p for p in pts if p[0] == paper and p[2] >= ref[2] - margin]
     if not ok:
-        best = max((p for p in pts if p[0] == "teacher-guided"), key=lambda p: p[2], default=None)
+        best = max((p for p in pts if p[0] == paper), key=lambda p: p[2], default=None)
         gap = (f"; its best ({best[1]}, {best[2]:.2f}%) is {ref[2] - best[2]:.2f} points below, at {cost(best)}"
                if best else "")
         return f"No teacher-guided budget comes within {margin} points of IMP ({ref[2]:.2f}%){gap}."
@@ -295,8 +297,127 @@ def _cheapest_within(pts: list[tuple], margin: float = 0.5) -> str:
             f"{cheap[2]:.2f}%, {cost(cheap)}.")
 
 
+MAX_SERIES = 8  # lines (or points) in one panel, the dense reference not counted
+
+# Figure panels by recipe family: the paper's method is compared with each family in its own panel.
+_FAMILIES = (("post-training", "the same recipe, other criteria"),
+             ("at-init", "pruning at initialisation and iterative pruning"),
+             ("epsd", "early pruning with self-distillation"),
+             ("channel", "channel pruning"))
+
+
+def _family(method: str) -> str:
+    from kdprune.methods import METHODS
+
+    m = METHODS.get(method)
+    if m is None:
+        return "other"
+    return "at-init" if m.recipe.iterative else m.recipe.name
+
+
+def _main_setting(rows: list[dict]) -> tuple[str, object]:
+    """A method's main (variant, budget): the variant run most (ties: ``restart``, the default, then by
+    name), then its most-run retraining budget. Every other setting of the method is an ablation."""
+    from collections import Counter
+
+    variants = Counter(r["variant"] for r in rows)
+    variant = min(variants, key=lambda v: (-variants[v], v != "restart", v))
+    budgets = Counter(r["budget"] for r in rows if r["variant"] == variant)
+    return variant, min(budgets, key=lambda b: (-budgets[b], str(b)))
+
+
+def _series_sets(agg: dict, dataset: str) -> tuple[list, dict, dict]:
+    """``(series, main, best)`` for ``dataset``: every series ``(arch, method, label)``; per (arch, method) the
+    labels of its main setting (one per regime); per (arch, method) the main label of its best regime
+    (highest mean over its levels)."""
+    keys = [k for k in agg if k[0] == dataset]
+    series = sorted({k[1:4] for k in keys})
+    info = {k[1:4]: agg[k] for k in keys}
+    main, best = defaultdict(list), {}
+    for arch, method in sorted({(a, m) for a, m, _ in series}):
+        own = [sr for sr in series if sr[:2] == (arch, method)]
+        variant, budget = _main_setting([info[sr] for sr in own])
+        main[(arch, method)] = [sr for sr in own if (info[sr]["variant"], info[sr]["budget"]) == (variant, budget)]
+
+        def level_mean(sr):
+            return statistics.fmean(agg[k]["mean"] for k in keys if k[1:4] == sr)
+
+        best[(arch, method)] = max(main[(arch, method)], key=level_mean)
+    return series, dict(main), best
+
+
+def comparison_panels(agg: dict, dataset: str) -> list[tuple[str, list]]:
+    """The main figure's panels: per recipe family present, the paper's method (its main setting; in its
+    own family both regimes, elsewhere its best) against the family's methods (their main setting; in the
+    paper's family both regimes, elsewhere each method's best regime). At most ``MAX_SERIES`` per panel:
+    a larger family is split."""
+    from kdprune.methods import PAPER_METHOD
+
+    series, main, best = _series_sets(agg, dataset)
+    panels = []
+    for fam, title in (*_FAMILIES, ("other", "other methods")):
+        methods = sorted({(a, m) for a, m, _ in series if _family(m) == fam and m != PAPER_METHOD})
+        if not methods:
+            continue
+        papers = [am for am in main if am[1] == PAPER_METHOD]
+        own = fam == "post-training" or fam == "channel"
+        ref = [sr for am in papers for sr in (main[am] if own else [best[am]])]
+        chosen = [sr for am in methods for sr in (main[am] if own else [best[am]])]
+        room = max(1, MAX_SERIES - len(ref))
+        parts = [chosen[i:i + room] for i in range(0, len(chosen), room)]
+        for n, part in enumerate(parts, 1):
+            panels.append((title + (f" ({n}/{len(parts)})" if len(parts) > 1 else ""), ref + part))
+    if not panels and main:  # the paper's method alone (or one method): its main setting
+        panels.append(("", [sr for srs in main.values() for sr in srs][:MAX_SERIES]))
+    return panels
+
+
+def ablation_panels(agg: dict, dataset: str) -> list[tuple[str, list]]:
+    """The ablation figure's panels: for each method run in more than the main figure shows of it, its other
+    retraining regimes, schedules and budgets, and (apart) its collapse guards, each beside what the main
+    figure shows of the method for reference."""
+    series, main, best = _series_sets(agg, dataset)
+    panels = []
+    for am, setting in sorted(main.items(), key=lambda kv: (kv[0][1] != _paper(), kv[0])):
+        ref = setting if am[1] == _paper() or _family(am[1]) in ("post-training", "channel") else [best[am]]
+        others = [sr for sr in series if sr[:2] == am and sr not in ref]
+        guards = [sr for sr in others if any(g in agg_info(agg, dataset, sr)["variant"] for g in _GUARDS)]
+        schedules = [sr for sr in others if sr not in guards]
+        for what, group in (("retraining (regime, schedule, budget)", schedules), ("collapse guards", guards)):
+            room = max(1, MAX_SERIES - len(ref))
+            for n in range(0, len(group), room):
+                part = group[n:n + room]
+                more = f" ({n // room + 1}/{-(-len(group) // room)})" if len(group) > room else ""
+                panels.append((f"{am[1]}: {what}{more}", ref + part))
+    return panels
+
+
+_GUARDS = ("progressive", "floor", "-norm")
+
+
+def _paper() -> str:
+    from kdprune.methods import PAPER_METHOD
+
+    return PAPER_METHOD
+
+
+def agg_info(agg: dict, dataset: str, sr: tuple) -> dict:
+    """Any aggregate entry of series ``sr`` (arch, method, label): its regime, variant and budget."""
+    return next(v for k, v in agg.items() if k[0] == dataset and k[1:4] == sr)
+
+
+def _legend_below(fig, axes, ncol: int = 2) -> None:
+    """Each panel's own legend under it (no two panels share labels, so none is repeated or overlaps)."""
+    for ax in axes:
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, fontsize=8.5,
+                      frameon=False)
+
+
 def plot_compute(agg: dict, dataset: str, path: Path) -> bool:
-    """Top-1 against images (log axis) at 90% and 98%, teacher counted (filled) and not (hollow)."""
+    """Top-1 against images (log axis) at 90% and 98%, one row per level and one column per panel of the
+    main figure; teacher's training counted (filled) and not (hollow, joined by a thin line)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -306,155 +427,107 @@ def plot_compute(agg: dict, dataset: str, path: Path) -> bool:
     levels = [s for s in COMPUTE_LEVELS if any(_compute_points(agg, dataset, a, s) for a in archs)]
     if not levels:
         return False
-    colors = _colors(k[2] for k in agg if k[0] == dataset)
-    fig, axes = plt.subplots(1, len(levels), figsize=(7 * len(levels), 5.8), squeeze=False)
-    for ax, s in zip(axes[0], levels):
-        for arch in archs:
-            for method, label, mean, std, imgs, no_t in _compute_points(agg, dataset, arch, s):
-                ls, marker = _style(label)
-                color = _series_color(colors, method, label)
+    panels = _compute_panels(agg, dataset)
+    colors = method_colors(k[2] for k in agg if k[0] == dataset)
+    fig, axes = plt.subplots(len(levels), len(panels), figsize=(6.2 * len(panels), 6.4 * len(levels)), squeeze=False)
+    for row, s in zip(axes, levels):
+        for ax, (title, members) in zip(row, panels):
+            pts = [p for a in archs for p in _compute_points(agg, dataset, a, s) if (a, p[0], p[1]) in members]
+            for method, label, mean, std, imgs, no_t in pts:
+                ls, marker = style(label)
+                marker, _ = variant_look(label, marker)
+                color = series_color(colors, method, label)
                 ax.errorbar([imgs], [mean], yerr=[std], color=color, marker=marker, markersize=7,
                             capsize=3, linestyle="none", label=f"{method} ({label})")
-                ax.annotate(label, (imgs, mean), textcoords="offset points", xytext=(6, 4), fontsize=7,
-                            color=color)
                 if no_t < imgs:
                     ax.plot([no_t, imgs], [mean, mean], color=color, linewidth=0.8, alpha=0.6)
                     ax.plot([no_t], [mean], marker=marker, markersize=7, markerfacecolor="white",
                             color=color, linestyle="none")
-        ax.set_xscale("log")
-        ax.set_xlabel("images through forward+backward (hollow: teacher's training not counted)")
-        ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_title(f"{dataset}: {s:.0%} sparsity", fontsize=12)
-        ax.grid(alpha=0.3, which="both")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    uniq = dict(zip(labels, handles))
-    fig.legend(uniq.values(), uniq.keys(), loc="lower center", ncol=3, fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.08 + 0.025 * math.ceil(len(uniq) / 3), 1, 1))
-    _savefig(fig, path)
+            ax.set_xscale("log")
+            ax.set_xlabel("images through forward+backward (hollow: teacher's training not counted)", fontsize=9)
+            ax.set_ylabel("top-1 accuracy (%)")
+            ax.set_title(f"{s:.0%} sparsity: {title}" if title else f"{s:.0%} sparsity", fontsize=10.5)
+            ax.grid(alpha=0.3, which="both")
+    _legend_below(fig, axes.flatten())
+    fig.suptitle(f"{dataset}: accuracy against training compute", fontsize=13)
+    fig.tight_layout(h_pad=9.0, rect=(0, 0, 1, 0.97))
+    savefig(fig, path)
     plt.close(fig)
     return True
 
 
-def _savefig(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
+def _compute_panels(agg: dict, dataset: str) -> list[tuple[str, set]]:
+    """The main figure's panels, with the paper's method's other retraining budgets beside its main
+    setting (what it costs to train longer is the point of this plot)."""
+    series, main, _ = _series_sets(agg, dataset)
+    paper = _paper()
+    budgets = [sr for sr in series if sr[1] == paper and sr not in main.get((sr[0], paper), [])
+               and not any(g in agg_info(agg, dataset, sr)["variant"] for g in _GUARDS)
+               and agg_info(agg, dataset, sr)["variant"] == agg_info(agg, dataset, main[(sr[0], paper)][0])["variant"]]
+    panels = comparison_panels(agg, dataset)
+    return [(title, set(members) | (set(budgets) if i == 0 else set())) for i, (title, members) in enumerate(panels)]
 
 
-def _density_axis(x: float) -> float:
-    return -math.log10(max(1.0 - x, 1e-6))
-
-
-_REGIME_STYLE = {"plain": ("-", "o"), "kd": ("--", "s"), "sd": (":", "^")}
-
-
-def _colors(methods) -> dict[str, tuple]:
-    """One colour per method, the same in every plot: tab20's ten dark shades, then its ten light ones
-    (teacher-guided always gets the first)."""
-    import matplotlib
-
-    tab20 = list(matplotlib.colormaps["tab20"].colors)
-    palette = tab20[0::2] + tab20[1::2] + list(matplotlib.colormaps["tab20b"].colors)
-    ordered = sorted(set(methods), key=lambda m: (m != "teacher-guided", m))  # the paper's method: the first
-    return {m: palette[i % len(palette)] for i, m in enumerate(ordered)}
-
-
-def _variant_look(label: str, marker: str) -> tuple[str, float]:
-    """Retraining schedules of one method apart: finetune faint crosses, lr-rewind diamonds, restart as is;
-    collapse guards as left triangles (progressive), up triangles (floor) and stars (score norm), other
-    retraining budgets as pentagons; the unstructured twin of channel pruning as faint down-triangles,
-    rounded channel widths as pluses."""
-    if "unstructured" in label:
-        return "v", 0.55
-    if "widths x" in label:
-        return "P", 0.8
-    if "finetune" in label:
-        return "x", 0.45
-    if "lr-rewind" in label:
-        return "D", 0.7
-    for part, look, _ in _OPTION_LOOKS:
-        if part in label:  # a collapse guard, or another retraining budget
-            return look, 0.85
-    return marker, 1.0
-
-
-# (label part, marker, tab20b colour index or None for the method's colour): the collapse guards, then
-# the retraining budgets; colours are given to the CPU CIFAR-10 benchmark's 1 and 6 epochs, any other
-# budget keeps its method's colour
-_OPTION_LOOKS = (("progressive", "<", 0), ("floor", "^", 4), ("-norm", "*", 9), ("1 ep", "p", 16),
-                 ("6 ep", "p", 12), (" ep", "p", None))
-
-
-def _series_color(colors: dict, method: str, label: str) -> tuple:
-    """The method's colour, except for a collapse guard or a shorter/longer retraining budget, which get
-    their own hue from tab20b (the palette's tail, which method colours reach only past twenty methods)
-    so that they stand apart from the paper's method in the same plot."""
-    import matplotlib
-
-    for part, _, i in _OPTION_LOOKS:
-        if part in label:
-            return colors[method] if i is None else matplotlib.colormaps["tab20b"].colors[i]
-    return colors[method]
-
-
-def _style(regime: str) -> tuple[str, str]:
-    return _REGIME_STYLE.get(regime.split(",")[0], ("-.", "D"))
-
-
-def plot_accuracy(agg: dict, dataset: str, path: Path) -> None:
-    """Accuracy vs sparsity: every method on the full range and, when some fall far below the dense
-    student, a second panel zoomed on the band near it (where the methods differ by tenths of a point)."""
+def _plot_panels(agg: dict, dataset: str, path: Path, panels: list[tuple[str, list]], title: str) -> None:
+    """Accuracy against sparsity (log-density axis), one panel per (title, series), the dense student as a
+    dashed line, a legend under each panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     keys = [k for k in agg if k[0] == dataset]
-    series = sorted({(k[1], k[2], k[3]) for k in keys})
-    colors = _colors(k[2] for k in keys)
-    ref = [k for k in keys if k[2] == "teacher-guided"] or keys  # the paper's dense student, when present
+    colors = method_colors(k[2] for k in keys)
+    paper = _paper()
+    ref = [k for k in keys if k[2] == paper] or keys  # the paper's dense student, when present
     dense = statistics.fmean(agg[k]["dense"] for k in ref)
-    means = [agg[k]["mean"] for k in keys]
-    zoom_lo = math.floor(max(min(means), dense - 6.0))
-    panels = [(None, "all methods")] + ([(zoom_lo, f"zoom: {zoom_lo}% and up")] if min(means) < zoom_lo else [])
-    n_series = len(series) + 1
-    ncol = 4 if len(panels) > 1 else 2
-    legend_rows = math.ceil(n_series / ncol)
-    fig = plt.figure(figsize=(6.5 * len(panels), 5.5 + 0.3 * legend_rows))
-    axes = [fig.subplots(1, len(panels), squeeze=False)[0]]
     ticks = sorted({k[4] for k in keys})
     kind = _channel_only(agg, dataset)
     what = {"macs": "MACs reduction", "params": "parameters removed"}.get(kind, "sparsity")
-    for ax, (lo, title) in zip(axes[0], panels):
-        for arch, method, regime in series:
-            pts = sorted((k[4], agg[k]) for k in keys if k[1:4] == (arch, method, regime))
-            ls, marker = _style(regime)
-            marker, alpha = _variant_look(regime, marker)
-            ax.errorbar([_density_axis(s) for s, _ in pts], [c["mean"] for _, c in pts],
-                        yerr=[c["std"] for _, c in pts], color=_series_color(colors, method, regime),
-                        linestyle=ls, marker=marker,
-                        markersize=5, capsize=3, linewidth=2.4 if method == "teacher-guided" else 1.5,
-                        alpha=alpha, label=f"{method} ({regime})")
+    ncols = min(len(panels), 3)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 6.6 * nrows), squeeze=False)
+    for ax, (sub, members) in zip(axes.flatten(), panels):
+        for arch, method, label in members:
+            pts = sorted((k[4], agg[k]) for k in keys if k[1:4] == (arch, method, label))
+            ls, marker = style(label)
+            marker, alpha = variant_look(label, marker)
+            ax.errorbar([density_axis(s) for s, _ in pts], [c["mean"] for _, c in pts],
+                        yerr=[c["std"] for _, c in pts], color=series_color(colors, method, label),
+                        linestyle=ls, marker=marker, markersize=5, capsize=3,
+                        linewidth=2.4 if method == paper else 1.5, alpha=alpha, label=f"{method} ({label})")
         ax.axhline(dense, color="black", linestyle=(0, (4, 3)), linewidth=1,
                    label=f"dense student of {ref[0][2]} ({dense:.1f}%)")
-        ax.set_xticks([_density_axis(s) for s in ticks])
-        ax.set_xticklabels([level(s, kind) for s in ticks])
-        if lo is not None:
-            ax.set_ylim(lo, min(100.0, max(means) + 1.0))
+        ax.set_xticks([density_axis(s) for s in ticks])
+        ax.set_xticklabels([level(s, kind) for s in ticks], fontsize=9)
         ax.set_xlabel(f"{what} (channel pruning)" if kind else "sparsity (log-density axis)")
         ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_title(title, fontsize=12)
-        ax.tick_params(labelsize=11)
+        ax.set_title(sub, fontsize=10.5)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    bottom = (0.21 * legend_rows + 0.75) / fig.get_figheight()
-    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=10, frameon=False,
-               title="method (regime); line: plain solid, kd dashed, sd dotted", title_fontsize=10)
+    for ax in axes.flatten()[len(panels):]:
+        ax.set_visible(False)
+    _legend_below(fig, axes.flatten()[:len(panels)])
     many = max(agg[k]["n"] for k in keys) > 1
-    fig.suptitle(f"{dataset}: accuracy vs {what}" + (" (mean ± std over seeds)" if many else " (one seed)"),
-                 fontsize=14)
-    fig.tight_layout(rect=(0, bottom, 1, 1))
-    _savefig(fig, path)
+    fig.suptitle(f"{dataset}: {title}" + (" (mean ± std over seeds)" if many else " (one seed)")
+                 + "; line: plain solid, kd dashed, sd dotted", fontsize=12.5)
+    fig.tight_layout(h_pad=9.0, rect=(0, 0, 1, 0.97))
+    savefig(fig, path)
     plt.close(fig)
+
+
+def plot_accuracy(agg: dict, dataset: str, path: Path) -> None:
+    """The main figure: accuracy against sparsity, the paper's method against each family of methods."""
+    kind = _channel_only(agg, dataset)
+    what = {"macs": "MACs reduction", "params": "parameters removed"}.get(kind, "sparsity")
+    _plot_panels(agg, dataset, path, comparison_panels(agg, dataset), f"accuracy vs {what}")
+
+
+def plot_ablations(agg: dict, dataset: str, path: Path) -> bool:
+    """The ablation figure: each method's other retraining schedules, budgets and collapse guards."""
+    panels = ablation_panels(agg, dataset)
+    if panels:
+        _plot_panels(agg, dataset, path, panels, "ablations of retraining and collapse guards")
+    return bool(panels)
 
 
 def plot_radar(agg: dict, path: Path, levels=RADAR_LEVELS) -> bool:
@@ -475,7 +548,7 @@ def plot_radar(agg: dict, path: Path, levels=RADAR_LEVELS) -> bool:
     methods = {m: v for m, v in best.items() if all(lv in v for lv in levels)}
     if len(methods) < 2:  # a radar compares methods; one alone says nothing the table does not
         return False
-    colors = _colors(best)
+    colors = method_colors(best)
     angles = [2 * math.pi * i / len(levels) for i in range(len(levels))]
     angles.append(angles[0])
     fig = plt.figure(figsize=(9.5, 7))
@@ -483,9 +556,9 @@ def plot_radar(agg: dict, path: Path, levels=RADAR_LEVELS) -> bool:
     ax.set_theta_offset(math.pi / 2)  # the first level at the top, then clockwise
     ax.set_theta_direction(-1)
     lo = math.floor(min(min(v.values()) for v in methods.values()))
-    for m, v in sorted(methods.items(), key=lambda kv: (kv[0] != "teacher-guided", kv[0])):
+    for m, v in sorted(methods.items(), key=lambda kv: (kv[0] != _paper(), kv[0])):
         vals = [v[lv] for lv in levels] + [v[levels[0]]]
-        main = m == "teacher-guided"
+        main = m == _paper()
         ax.plot(angles, vals, marker="o", markersize=4, linewidth=2.6 if main else 1.4, color=colors[m], label=m,
                 zorder=3 if main else 2)
         if main:
@@ -497,7 +570,7 @@ def plot_radar(agg: dict, path: Path, levels=RADAR_LEVELS) -> bool:
     ax.tick_params(axis="y", labelsize=8, labelcolor="dimgray")
     fig.suptitle("top-1 (%) at each sparsity, best regime per method", fontsize=13)
     ax.legend(loc="center left", bbox_to_anchor=(1.12, 0.5), fontsize=9)
-    _savefig(fig, path)
+    savefig(fig, path)
     plt.close(fig)
     return True
 
@@ -533,6 +606,8 @@ def write_report(paths: list[str | Path], out: str | Path, published: str | Path
         name = f"accuracy_vs_sparsity_{dataset}.png"
         plot_accuracy(agg, dataset, out / name)
         written.append(name)
+        if plot_ablations(agg, dataset, out / f"ablations_{dataset}.png"):
+            written.append(f"ablations_{dataset}.png")
         if plot_compute(agg, dataset, out / f"accuracy_vs_compute_{dataset}.png"):
             written.append(f"accuracy_vs_compute_{dataset}.png")
     if plot_radar(agg, out / "radar.png"):

@@ -9,17 +9,30 @@ network filesystem does not give across hosts.
 
 from __future__ import annotations
 
-import json
 import sqlite3
+import typing
+from dataclasses import fields
 from pathlib import Path
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS results (
-    run TEXT NOT NULL, target_sparsity REAL NOT NULL, regime TEXT NOT NULL, variant TEXT NOT NULL,
-    method TEXT, dataset TEXT, arch TEXT, seed INTEGER, top1 REAL, row TEXT NOT NULL,
-    PRIMARY KEY (run, target_sparsity, regime, variant)
-)
-"""
+from kdprune.methods.result import ResultRow
+
+KEY = ("run", "target_sparsity", "regime", "variant")
+COLUMNS = ["run", *ResultRow.columns()]  # one column per field of the one result schema
+
+
+def _sql_type(tp) -> str:
+    base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+    return {int: "INTEGER", float: "REAL"}.get(base, "TEXT")
+
+
+def _schema() -> str:
+    types = typing.get_type_hints(ResultRow)
+    cols = ["run TEXT NOT NULL"] + [f"{f.name} {_sql_type(types[f.name])}" + (" NOT NULL" if f.name in KEY else "")
+                                    for f in fields(ResultRow)]
+    return f"CREATE TABLE IF NOT EXISTS results ({', '.join(cols)}, PRIMARY KEY ({', '.join(KEY)}))"
+
+
+SCHEMA = _schema()
 
 
 def connect(path: str | Path, wal: bool = True) -> sqlite3.Connection:
@@ -31,8 +44,8 @@ def connect(path: str | Path, wal: bool = True) -> sqlite3.Connection:
 
 
 def readable(path: str | Path) -> bool:
-    """True when ``path`` is absent or a results store of this layout that SQLite can read (a store from
-    before rows were keyed by variant is not: the sweep sets it aside and rebuilds it from the runs)."""
+    """True when ``path`` is absent or a results store of this layout that SQLite can read (a store of an
+    earlier layout is not: the sweep sets it aside and rebuilds it from the runs' ``results.jsonl``)."""
     path = Path(path)
     if not path.exists():
         return True
@@ -45,7 +58,7 @@ def readable(path: str | Path) -> bool:
             con.close()
     except sqlite3.DatabaseError:
         return False
-    return not cols or cols[:4] == ["run", "target_sparsity", "regime", "variant"]
+    return not cols or cols == COLUMNS
 
 
 def set_aside(path: str | Path) -> Path:
@@ -68,10 +81,8 @@ def add_rows(path: str | Path, run: str, rows: list[dict], wal: bool = True) -> 
     try:
         con.execute("BEGIN IMMEDIATE")
         before = con.total_changes
-        con.executemany(
-            "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(run, float(r["target_sparsity"]), r["regime"], r.get("variant") or "", r["method"], r["dataset"], r["arch"], r["seed"],
-              r["top1"], json.dumps(r, sort_keys=True)) for r in rows])
+        con.executemany(f"INSERT OR IGNORE INTO results VALUES ({', '.join('?' * len(COLUMNS))})",
+                        [(run, *_values(r)) for r in rows])
         con.execute("COMMIT")
         return con.total_changes - before
     finally:
@@ -86,9 +97,15 @@ def add_run(path: str | Path, run_dir: str | Path, wal: bool = True) -> int:
     return add_rows(path, run_dir.name, read_jsonl(run_dir / "results.jsonl"), wal)
 
 
+def _values(row: dict) -> tuple:
+    r = ResultRow.from_dict(row)
+    return tuple(getattr(r, c) for c in COLUMNS[1:])
+
+
 def all_rows(path: str | Path, wal: bool = True) -> list[dict]:
     con = connect(path, wal)
     try:
-        return [json.loads(r[0]) for r in con.execute("SELECT row FROM results ORDER BY run, target_sparsity, regime, variant")]
+        cur = con.execute(f"SELECT {', '.join(COLUMNS[1:])} FROM results ORDER BY {', '.join(KEY)}")
+        return [ResultRow(*values).to_dict() for values in cur]
     finally:
         con.close()

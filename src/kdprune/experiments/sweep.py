@@ -32,17 +32,14 @@ import yaml
 from kdprune import distributed
 from kdprune.distributed import barrier, synced
 from kdprune.errors import UserError
-from kdprune.experiments.config import RunConfig, build_config, identity, yaml_error
+from kdprune.choices import STAGES
+from kdprune.experiments.config import RunConfig, build_config, identity, stage_keys, yaml_error
 from kdprune.experiments.store import add_rows, add_run, all_rows, readable, set_aside
 from kdprune.methods.registry import method_or_structured
 
 _NOT_HASHED = {"out", "resume", "progress", "device"}
-_DATA = ("dataset", "data_dir", "download", "image_size", "batch_size", "optimizer", "momentum", "nesterov", "weight_decay",
-         "schedule", "grad_clip", "amp", "channels_last", "lr")
-_TEACHER = _DATA + ("seed", "teacher_arch", "teacher_checkpoint", "teacher_epochs")
-_STUDENT = _TEACHER + ("arch", "student_checkpoint", "student_epochs", "alpha", "temperature", "kd_loss", "kd_eps",
-                       "kd_t_squared", "kd_std", "teacher_seed")
-_DENSE = _DATA + ("seed", "arch", "student_epochs", "rewind_epoch")
+_STAGE_KEYS = {stage: stage_keys(stage) for stage in STAGES}  # from each option's declared ``stages``
+_TEACHER = _STAGE_KEYS["teacher"]
 
 
 def _hash(d: dict) -> str:
@@ -89,15 +86,8 @@ def run_id(cfg: RunConfig) -> str:
 
 
 def _shared_stages(cfg: RunConfig) -> list[tuple[str, tuple]]:
-    recipe = method_or_structured(cfg).recipe
-    stages = []
-    if recipe in ("post-training", "channel"):
-        stages += [("teacher", _TEACHER), ("student", _STUDENT)]
-    else:
-        stages.append(("dense-ce", _DENSE))
-        if cfg.retrain in ("kd", "both") and recipe != "epsd":
-            stages.append(("teacher", _TEACHER))
-    return stages
+    """(stage, the options that determine it) for each shared stage the run's recipe needs."""
+    return [(stage, _STAGE_KEYS[stage]) for stage in method_or_structured(cfg).recipe.stages(cfg)]
 
 
 def _shared_dir(out: Path, cfg: RunConfig, stage: str, keys: tuple) -> Path:
@@ -139,15 +129,14 @@ def _train_shared(out: Path, cfg: RunConfig, stage: str, keys: tuple) -> None:
 
 
 def _train_shared_locked(out: Path, cfg: RunConfig, stage: str, keys: tuple, sdir: Path) -> None:
-    from kdprune.methods.context import RunContext
+    from kdprune.methods.context import Stages
     from kdprune.train.stage import make_env
 
     if synced((sdir / stage / "metrics.json").is_file):
         return
-    ctx = RunContext(replace(cfg, out=str(sdir)), make_env(cfg), sdir, (), [])
     if stage == "student":  # the student needs its teacher: link the shared one in first
         _link_stage(_shared_dir(out, cfg, "teacher", _TEACHER) / "teacher", sdir / "teacher")
-    {"teacher": ctx.teacher, "student": ctx.kd_student, "dense-ce": ctx.dense_ce}[stage]()
+    Stages(replace(cfg, out=str(sdir)), make_env(cfg), sdir).get(stage)
 
 
 def _link_stage(src: Path, dst: Path) -> None:
@@ -181,20 +170,7 @@ def status(cfg: RunConfig) -> str:
 
 def estimate(cfg: RunConfig, n_train: int | None = None) -> dict:
     """Training epochs (and images when the training-set size is known) the run will cost, by recipe."""
-    recipe = method_or_structured(cfg).recipe
-    regimes = (2 if cfg.retrain == "both" else 1) * (2 if getattr(cfg, "channel_twin", False) else 1)
-    n_s = len(cfg.sparsity) if recipe != "channel" else len(str(cfg.target_macs or "x").split(","))
-    if recipe in ("post-training", "channel"):
-        epochs = cfg.teacher_epochs + cfg.student_epochs + n_s * regimes * cfg.retrain_epochs
-    elif recipe == "at-init":
-        epochs = cfg.student_epochs * (1 + n_s * regimes)
-    elif recipe == "epsd":
-        epochs = cfg.student_epochs * (1 + n_s) + cfg.epsd_warmup_epochs
-    else:  # imp, colt: rounds from the schedule (COLT's are an upper bound)
-        from kdprune.methods.imp import rate_per_round, schedule
-
-        rounds = len(schedule(cfg.sparsity, rate_per_round(cfg)))
-        epochs = cfg.student_epochs * (1 + rounds * regimes + (n_s * regimes if recipe == "colt" else 0))
+    epochs = method_or_structured(cfg).recipe.epochs(cfg)
     return {"epochs": epochs, "images": epochs * n_train if n_train else None}
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-STD_KINDS = ("population", "sample")
+from kdprune.choices import KD_LOSSES
+from kdprune.choices import KD_STDS as STD_KINDS
 
 
 def normalize_logits(z: torch.Tensor, eps: float = 1e-7, std: str = "population") -> torch.Tensor:
@@ -77,12 +77,10 @@ class Distillation(Objective):
 
     def __init__(self, alpha: float = 0.9, temperature: float = 4.0, kind: str = "ca-kld",
                  eps: float = 1e-7, t_squared: bool = True, *, std: str = "population"):
-        from kdprune.errors import UserError
+        from kdprune.errors import UserError, check_choice
 
-        if kind not in ("ca-kld", "kd"):
-            raise UserError(f"unknown distillation loss {kind!r}; choose ca-kld or kd")
-        if std not in STD_KINDS:
-            raise UserError(f"kd_std: expected population or sample, got {std!r}")
+        check_choice("kd_loss", kind, KD_LOSSES)
+        check_choice("kd_std", std, STD_KINDS)
         if not 0.0 <= alpha <= 1.0 or temperature <= 0:
             raise UserError(f"alpha must lie in [0, 1] and temperature be positive, got {alpha}, {temperature}")
         self.alpha, self.temperature, self.kind, self.eps, self.t_squared = alpha, temperature, kind, eps, t_squared

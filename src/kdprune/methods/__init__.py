@@ -8,28 +8,13 @@
 * ``imp``: Lottery Ticket / iterative magnitude pruning with rewinding (:mod:`kdprune.methods.imp`).
 * ``colt``: cyclic overlapping lottery tickets (:mod:`kdprune.methods.colt`).
 * ``epsd``: early pruning with self-distillation, its "Simple" twin and EPG (:mod:`kdprune.methods.epsd`).
+* ``channel``: the paper's recipe with whole channels (``--structure channel``, :mod:`kdprune.methods.structured`).
 
-Every recipe is a function of a :class:`kdprune.methods.context.RunContext`.
+Every recipe is a :class:`~kdprune.methods.recipe.Recipe` object beside its module's ``run``, a function of a
+:class:`kdprune.methods.context.RunContext`; the registry maps each method name to its recipe.
 """
 
-from kdprune.methods.registry import METHODS, Method, get_method
+from kdprune.methods.recipe import Recipe
+from kdprune.methods.registry import METHODS, PAPER_METHOD, Method, get_method, method_or_structured
 
-
-def _recipes() -> dict:
-    from kdprune.methods import at_init, colt, epsd, imp, teacher_guided
-
-    return {"post-training": teacher_guided.run, "at-init": at_init.run, "imp": imp.run_imp, "colt": colt.run_colt,
-            "epsd": epsd.run_epsd}
-
-
-class _Recipes(dict):
-    """recipe name -> function of a RunContext (imported on first use)."""
-
-    def __missing__(self, key):
-        self.update(_recipes())
-        return dict.__getitem__(self, key)
-
-
-RECIPES = _Recipes()
-
-__all__ = ["METHODS", "Method", "RECIPES", "get_method"]
+__all__ = ["METHODS", "Method", "PAPER_METHOD", "Recipe", "get_method", "method_or_structured"]

@@ -7,8 +7,9 @@ import time
 
 from kdprune.distributed import barrier, synced
 from kdprune.io import read_json, write_json
-from kdprune.methods.context import RunContext, add_cost, cost_of, criterion_kwargs, score_batches, sparsity_dir
-from kdprune.methods.registry import get_method
+from kdprune.methods.context import RunContext, criterion_kwargs, score_batches, sparsity_dir
+from kdprune.methods.recipe import Recipe, regimes_of
+from kdprune.methods.result import Cost
 from kdprune.pruning.criteria import get_criterion
 from kdprune.pruning.masks import MaskSet
 from kdprune.pruning.prunable import prunable_parameters
@@ -19,8 +20,8 @@ def run(ctx: RunContext) -> None:
     for --student-epochs at --lr. ``dense_top1`` is a dense CE student of the same schedule (a reference,
     not counted in the method's cost); the teacher is used (and counted) only by the kd regime."""
     cfg, env, out = ctx.cfg, ctx.env, ctx.out
-    crit = get_criterion(get_method(cfg.method).criterion)
-    _, dense = ctx.dense_ce()
+    crit = get_criterion(ctx.method.criterion)
+    ctx.stages.dense_ce()
     for s in cfg.sparsity:
         sdir = sparsity_dir(out, s)
         init = ctx.model()
@@ -43,7 +44,9 @@ def run(ctx: RunContext) -> None:
         for regime in ctx.regimes:
             rdir = sdir / regime
             m, _ = ctx.retrain(rdir, s, regime, init_state, masks, cfg.student_epochs, cfg.lr, f"sparse {s:g} {regime}")
-            tm = ctx.teacher_metrics(regime)
-            cost = add_cost(add_cost(cost_of(tm), cost_of(m)), {"wall_seconds": scoring["seconds"]})
-            ctx.record(s, regime, m, pruned, dense["top1"], tm["top1"] if tm else None, cost, scoring["batches"],
-                       rdir)
+            cost = ctx.teacher_cost(regime) + Cost.of(m) + Cost(wall_seconds=scoring["seconds"])
+            ctx.record(s, regime, m, pruned["top1"], cost, rdir, scoring_batches=scoring["batches"])
+
+
+RECIPE = Recipe("at-init", run, pays_for_teacher=False,
+                epochs=lambda cfg: cfg.student_epochs * (1 + len(cfg.sparsity) * regimes_of(cfg)))

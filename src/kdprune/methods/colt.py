@@ -40,10 +40,13 @@ from kdprune.data import TensorLoader
 from kdprune.distributed import barrier
 from kdprune.losses import CrossEntropy
 from kdprune.models import create_model
-from kdprune.methods.context import add_cost, cost_of, log, sparsity_dir
+from kdprune.methods.context import log, sparsity_dir
+from kdprune.methods.imp import rate_per_round, schedule
+from kdprune.methods.recipe import Recipe, regimes_of
+from kdprune.methods.result import Cost
 from kdprune.pruning.masks import MaskSet
 from kdprune.pruning.prunable import prunable_parameters
-from kdprune.pruning.threshold import _keep_mask, split_flat
+from kdprune.pruning.threshold import _keep_mask, nest, split_flat
 from kdprune.train.stage import optim_spec, run_training_stage
 
 
@@ -52,9 +55,8 @@ def worst_ranks(tickets: list[dict[str, torch.Tensor]], names: list[str],
     """Per weight (flattened over ``names``), the worst over tickets of its magnitude rank (0 = largest)."""
     worst = None
     for state in tickets:
-        flat = torch.cat([(state[n].detach().abs().double() if masks is None else
-                           torch.where(masks[n].cpu(), state[n].detach().abs().double().cpu(), torch.tensor(-1.0,
-                                       dtype=torch.float64))).flatten().cpu() for n in names])
+        scores = nest({n: state[n].detach().abs() for n in names}, masks)  # already pruned rank last
+        flat = torch.cat([scores[n].double().flatten().cpu() for n in names])
         order = torch.sort(flat, descending=True, stable=True).indices
         rank = torch.empty_like(order)
         rank[order] = torch.arange(flat.numel())
@@ -87,7 +89,7 @@ def _subset(loader: TensorLoader, labels: torch.Tensor, classes: list[int], seed
 def run_colt(ctx) -> None:
     cfg, env, out = ctx.cfg, ctx.env, ctx.out
     parts, own = cfg.colt_partitions, getattr(cfg, "colt_heads", "shared") == "own"
-    _, dense = ctx.dense_ce()
+    ctx.stages.dense_ce()
     init = ctx.model()
     init_state = {k: v.detach().clone() for k, v in init.state_dict().items()}
     params = prunable_parameters(init, cfg.prune_first, cfg.prune_last)
@@ -117,7 +119,7 @@ def run_colt(ctx) -> None:
 
     log(env, f"COLT: {parts} class-partitioned tickets per round ({'own' if own else 'one shared'} heads), each "
              f"pruning {cfg.rate:.0%} of the remaining")
-    todo, masks, cost, k, current = sorted(cfg.sparsity), None, cost_of(None), 0, 0.0
+    todo, masks, cost, k, current = sorted(cfg.sparsity), None, Cost(), 0, 0.0
     while todo:
         k += 1
         rdir = out / "colt" / f"round-{k:02d}"
@@ -127,7 +129,7 @@ def run_colt(ctx) -> None:
             m = run_training_stage(rdir / f"ticket-{p}", model, CrossEntropy(), optim_spec(cfg), cfg.student_epochs,
                                    envs[p], cfg, desc=f"colt {k} ticket {p}", masks=masks,
                                    callbacks=ctx.callbacks, extra={"classes": groups[p]})
-            cost = add_cost(cost, cost_of(m))
+            cost = cost + Cost.of(m)
             tickets.append(model.state_dict())
         remaining = round((1.0 - current) * n_total) - n_head  # kept weights the tickets may still prune
         worst = worst_ranks(tickets, names, masks.masks if masks else None)
@@ -151,7 +153,15 @@ def run_colt(ctx) -> None:
         for regime in ctx.regimes:
             m, _ = ctx.retrain(sdir / regime, s, regime, init_state, final, cfg.student_epochs, cfg.lr,
                                f"colt final {s:g} {regime}")
-            tm = ctx.teacher_metrics(regime)
-            total = add_cost(add_cost(cost, cost_of(m)), cost_of(tm))
-            ctx.record(s, regime, m, pruned, dense["top1"], tm["top1"] if tm else None, total, 0, sdir / regime,
-                       "own heads" if own else "shared head")
+            total = cost + Cost.of(m) + ctx.teacher_cost(regime)
+            ctx.record(s, regime, m, pruned["top1"], total, sdir / regime,
+                       variant="own heads" if own else "shared head")
+
+
+def _epochs(cfg) -> int:
+    """An upper bound: COLT's rounds are at most IMP's at the same rate."""
+    rounds = len(schedule(cfg.sparsity, rate_per_round(cfg)))
+    return cfg.student_epochs * (1 + rounds * regimes_of(cfg) + len(cfg.sparsity) * regimes_of(cfg))
+
+
+RECIPE = Recipe("colt", run_colt, pays_for_teacher=False, epochs=_epochs, iterative=True)

@@ -1,9 +1,11 @@
 """What every recipe shares: the run's config, data and folder, the shared stages and the bookkeeping.
 
-A :class:`RunContext` trains the shared stages lazily and once (the teacher, the KD student of the paper's
-step 2, and a dense CE student for the recipes that start from one), retrains a pruned copy under its
-masks in a resumable folder, and records one result row per (sparsity, regime) with its compute. A recipe
-(``kdprune.methods.teacher_guided``, ``at_init``, ``imp``, ``colt``, ``epsd``) is a function of a context.
+:class:`Stages` trains the shared stages lazily and once (the teacher, the KD student of the paper's step 2,
+and a dense CE student for the recipes that start from one). A :class:`RunContext` holds them and the
+run's :class:`~kdprune.methods.registry.Method`; it retrains a pruned copy under its masks in a resumable
+folder and records one :class:`~kdprune.methods.result.ResultRow` per (sparsity, regime) with its
+:class:`~kdprune.methods.result.Cost`. A recipe (``kdprune.methods.teacher_guided``, ``at_init``, ``imp``,
+``colt``, ``epsd``, ``structured``) is a function of a context.
 ``cfg`` is any object with the ``RunConfig`` fields (``kdprune.experiments.config``); nothing here
 imports ``kdprune.experiments``, which orchestrates runs on top of this.
 """
@@ -20,11 +22,14 @@ from kdprune.distributed import all_gather_object, barrier, synced
 from kdprune.errors import UserError
 from kdprune.io import append_jsonl, read_json, save_tensors, write_json, write_yaml
 from kdprune.losses import CrossEntropy, Distillation
+from kdprune.methods.recipe import DENSE_CE, STUDENT
+from kdprune.methods.result import Cost, ResultRow
 from kdprune.models import create_model
 from kdprune.models.weights import load_weights
+from kdprune.pruning.criteria import score_batch_count
 from kdprune.pruning.masks import MaskSet, sparsity_report
 from kdprune.pruning.prunable import unwrap
-from kdprune.pruning.threshold import prune_masks
+from kdprune.pruning.threshold import MaskOptions, prune_masks
 from kdprune.train import Callback, evaluate
 from kdprune.train.engine import OptimSpec
 from kdprune.train.layout import set_layout
@@ -65,8 +70,7 @@ def log(env: Env, msg: str) -> None:
 
 def threshold_masks(cfg, scores, sparsity: float) -> MaskSet:
     """Step 4 with the run's options: ``--scope`` (and the collapse guards ``--layer-floor``, ``--score-norm``)."""
-    return MaskSet(prune_masks(scores, sparsity, cfg.scope, layer_floor=getattr(cfg, "layer_floor", 0.0),
-                               score_norm=getattr(cfg, "score_norm", "none")))
+    return MaskSet(prune_masks(scores, sparsity, MaskOptions.of(cfg)))
 
 
 def retrain_spec(cfg) -> OptimSpec:
@@ -100,17 +104,6 @@ def sparsity_dir(out: Path, s: float) -> Path:
     return out / f"sparsity-{s:g}"
 
 
-COST_KEYS = ("epochs", "images_fwd_bwd", "teacher_forwards", "wall_seconds")
-
-
-def cost_of(m: dict | None) -> dict:
-    return {k: (m or {}).get(k, 0) for k in COST_KEYS}
-
-
-def add_cost(a: dict, b: dict) -> dict:
-    return {k: a.get(k, 0) + b.get(k, 0) for k in COST_KEYS}
-
-
 class SaveRewindPoint(Callback):
     """Saves the weights after epoch ``rewind_epoch`` of dense training (0 is handled before training)."""
 
@@ -123,19 +116,14 @@ class SaveRewindPoint(Callback):
 
 
 @dataclass
-class RunContext:
-    """What every recipe shares: config, data, output folder and the (lazily trained) shared stages."""
+class Stages:
+    """The shared stages of a run, each trained (or loaded) once, on first use, in its own folder of ``out``."""
 
     cfg: object  # a RunConfig
     env: Env
     out: Path
-    callbacks: tuple
-    regimes: list[str]
-    done: set = field(default_factory=set)
-    rows: list[dict] = field(default_factory=list)
-    _teacher: tuple | None = None
-    _kd_student: tuple | None = None
-    _dense_ce: tuple | None = None
+    callbacks: tuple = ()
+    _done: dict = field(default_factory=dict)
 
     @property
     def nc(self) -> int:
@@ -144,15 +132,19 @@ class RunContext:
     def model(self, arch: str | None = None, seed_offset: int = 1) -> torch.nn.Module:
         return build_model(arch or self.cfg.arch, self.env, self.cfg.seed + seed_offset)
 
+    def get(self, stage: str) -> tuple[torch.nn.Module, dict]:
+        """A stage by name (:mod:`kdprune.methods.recipe`'s TEACHER, STUDENT, DENSE_CE)."""
+        return {"teacher": self.teacher, STUDENT: self.kd_student, DENSE_CE: self.dense_ce}[stage]()
+
     def teacher(self) -> tuple[torch.nn.Module, dict]:
         """The teacher (loaded or trained once) and its metrics."""
-        if self._teacher is None:
+        if "teacher" not in self._done:
             cfg, env = self.cfg, self.env
             seed = cfg.seed if getattr(cfg, "teacher_seed", None) is None else cfg.teacher_seed
             teacher = build_model(cfg.teacher_arch, env, seed)
             if cfg.teacher_checkpoint:
                 load_weights(teacher, cfg.teacher_checkpoint, cfg.teacher_arch, self.nc)
-                m = {"top1": evaluate(teacher, env.test, cfg.amp)["top1"], **cost_of(None)}
+                m = {"top1": evaluate(teacher, env.test, cfg.amp)["top1"]}
             else:
                 m = run_training_stage(self.out / "teacher", teacher, CrossEntropy(), optim_spec(cfg),
                                        cfg.teacher_epochs, env.with_train_seed(seed) if seed != cfg.seed else env,
@@ -160,12 +152,12 @@ class RunContext:
                                        callbacks=self.callbacks, extra={"arch": cfg.teacher_arch})
             teacher.eval().requires_grad_(False)
             log(env, f"teacher {cfg.teacher_arch}: top-1 {m['top1']:.2f}%")
-            self._teacher = (teacher, m)
-        return self._teacher
+            self._done["teacher"] = (teacher, m)
+        return self._done["teacher"]
 
     def kd_student(self) -> tuple[torch.nn.Module, dict]:
         """The dense student trained under the teacher with L_total (the paper's step 2)."""
-        if self._kd_student is None:
+        if STUDENT not in self._done:
             cfg = self.cfg
             teacher, _ = self.teacher()
             student = self.model()
@@ -176,8 +168,8 @@ class RunContext:
                                    teacher=teacher, callbacks=self.callbacks, extra={"arch": cfg.arch})
             log(self.env, f"student {cfg.arch} ({cfg.kd_loss}, alpha={cfg.alpha}, T={cfg.temperature}): "
                            f"top-1 {m['top1']:.2f}%")
-            self._kd_student = (student, m)
-        return self._kd_student
+            self._done[STUDENT] = (student, m)
+        return self._done[STUDENT]
 
     @property
     def rewind_file(self) -> Path:
@@ -190,7 +182,7 @@ class RunContext:
         The stage always keeps its rewind point, so a dense stage trained for one method (or shared by a
         sweep) serves IMP and COLT too.
         """
-        if self._dense_ce is None:
+        if DENSE_CE not in self._done:
             cfg = self.cfg
             student = self.model()
             if cfg.rewind_epoch == 0 and self.env.is_main and not self.rewind_file.exists():
@@ -204,18 +196,49 @@ class RunContext:
                 raise UserError(f"{self.out / 'dense-ce'} was trained without its epoch-{cfg.rewind_epoch} rewind "
                                 "point; delete that folder to retrain it")
             log(self.env, f"dense {cfg.arch} (CE): top-1 {m['top1']:.2f}%")
-            self._dense_ce = (student, m)
-        return self._dense_ce
+            self._done[DENSE_CE] = (student, m)
+        return self._done[DENSE_CE]
+
+
+@dataclass
+class RunContext:
+    """What every recipe shares: config, data, output folder, the run's method, the shared stages, the rows."""
+
+    cfg: object  # a RunConfig
+    env: Env
+    out: Path
+    method: object  # a kdprune.methods.registry.Method
+    callbacks: tuple = ()
+    regimes: list[str] = field(default_factory=list)
+    done: set = field(default_factory=set)  # result keys already in results.jsonl (a resumed run)
+    rows: list[dict] = field(default_factory=list)
+    stages: Stages | None = None
+
+    def __post_init__(self):
+        if self.stages is None:
+            self.stages = Stages(self.cfg, self.env, self.out, self.callbacks)
+
+    @property
+    def nc(self) -> int:
+        return self.env.data.num_classes
+
+    def model(self, arch: str | None = None, seed_offset: int = 1) -> torch.nn.Module:
+        return self.stages.model(arch, seed_offset)
 
     def objective(self, regime: str):
         return distillation(self.cfg) if regime == "kd" else CrossEntropy()
 
     def teacher_for(self, regime: str):
-        return self.teacher()[0] if regime == "kd" else None
+        return self.stages.teacher()[0] if regime == "kd" else None
 
-    def teacher_metrics(self, regime: str) -> dict | None:
-        """The teacher's metrics in the kd regime (its training is part of that regime's cost), else None."""
-        return self.teacher()[1] if regime == "kd" else None
+    def teacher_counts(self, regime: str) -> bool:
+        """Whether the teacher's training is part of a row's cost: always for a recipe whose student learns
+        from it, else in the kd regime only."""
+        return self.method.recipe.pays_for_teacher or regime == "kd"
+
+    def teacher_cost(self, regime: str) -> Cost:
+        """The teacher's training, where it counts in this regime (nothing for a given checkpoint)."""
+        return Cost.of(self.stages.teacher()[1]) if self.teacher_counts(regime) else Cost()
 
     def pruned_top1(self, sdir: Path, model: torch.nn.Module, masks: MaskSet, params: list[str],
                     name: str = "pruned.json") -> dict:
@@ -234,36 +257,29 @@ class RunContext:
         barrier()
         return r
 
-    def record(self, s: float, regime: str, m: dict, pruned: dict, dense_top1: float, teacher_top1, cost: dict,
-               scoring_batches: int, rdir: Path, variant: str = "", extra: dict | None = None) -> None:
-        cfg = self.cfg
-        row = {"variant": variant, **(extra or {}),
-            "method": cfg.method, "dataset": cfg.dataset, "arch": cfg.arch, "teacher_arch": cfg.teacher_arch,
-            "target_sparsity": s, "achieved_sparsity": m["sparsity"]["sparsity"], "regime": regime,
-            "top1": m["top1"], "pruned_top1": pruned["top1"], "dense_top1": dense_top1,
-            "teacher_top1": teacher_top1, "seed": cfg.seed, "epochs": m["epochs"],
-            "total_epochs": cost["epochs"], "images_fwd_bwd": cost["images_fwd_bwd"],
-            "teacher_forwards": cost["teacher_forwards"], "scoring_batches": scoring_batches,
-            "wall_seconds": m["wall_seconds"], "total_wall_seconds": cost["wall_seconds"],
-            "nonzero_params": m["sparsity"]["nonzero_params"], "total_params": m["sparsity"]["total_params"],
-            "teacher_images_fwd_bwd": self._teacher_images(regime),
-            "out": str(rdir),
-        }
+    def record(self, s: float, regime: str, m: dict, pruned_top1: float, cost: Cost, rdir: Path, *,
+               scoring_batches: int = 0, variant: str = "", **extra) -> None:
+        """One result: the retrained model's metrics ``m`` at level ``s`` in ``regime``, with everything that
+        led to it (``cost``). The dense reference and the teacher's share come from the recipe."""
+        cfg, stages = self.cfg, self.stages
+        counts = self.teacher_counts(regime)
+        teacher_m = stages.teacher()[1] if counts else None
+        dense_top1 = stages.get(self.method.recipe.reference_stage())[1]["top1"]
+        row = ResultRow(
+            dataset=cfg.dataset, arch=cfg.arch, teacher_arch=cfg.teacher_arch, method=cfg.method, regime=regime,
+            variant=variant, seed=cfg.seed, target_sparsity=s, achieved_sparsity=m["sparsity"]["sparsity"],
+            top1=m["top1"], pruned_top1=pruned_top1, dense_top1=dense_top1,
+            teacher_top1=teacher_m["top1"] if counts else None, epochs=m["epochs"], total_epochs=cost.epochs,
+            images_fwd_bwd=cost.images_fwd_bwd, teacher_forwards=cost.teacher_forwards,
+            scoring_batches=scoring_batches, wall_seconds=m["wall_seconds"], total_wall_seconds=cost.wall_seconds,
+            nonzero_params=m["sparsity"]["nonzero_params"], total_params=m["sparsity"]["total_params"],
+            teacher_images_fwd_bwd=int(teacher_m.get("images_fwd_bwd", 0)) if counts else 0, out=str(rdir),
+            **extra).to_dict()
         self.rows.append(row)
         if self.env.is_main and result_key(row) not in self.done:
             append_jsonl(self.out / "results.jsonl", row)
             self.done.add(result_key(row))
         log(self.env, f"sparsity {s:g} {regime}: top-1 {m['top1']:.2f}% (dense {dense_top1:.2f}%)")
-
-    def _teacher_images(self, regime: str) -> int:
-        """Images of the teacher's training inside this row's ``images_fwd_bwd``: post-training recipes
-        always pay for the teacher (their student learns from it), the others only in the kd regime."""
-        from kdprune.methods.registry import method_or_structured
-
-        if self._teacher is None or (regime != "kd" and method_or_structured(self.cfg).recipe not in ("post-training",
-                                                                                                      "channel")):
-            return 0
-        return int(self._teacher[1].get("images_fwd_bwd", 0))
 
     def retrain(self, rdir: Path, s: float, regime: str, state: dict, masks: MaskSet, epochs: int, lr: float | OptimSpec,
                 desc: str) -> tuple[dict, torch.nn.Module]:
@@ -281,7 +297,7 @@ class RunContext:
 
 
 def score_batches(cfg, env: Env) -> int:
-    return cfg.score_batches or min(len(env.train), 100)
+    return score_batch_count(cfg.score_batches, len(env.train))
 
 
 def criterion_kwargs(criterion, cfg, env: Env, teacher) -> dict:

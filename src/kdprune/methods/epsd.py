@@ -27,7 +27,9 @@ from kdprune.distributed import barrier, synced
 from kdprune.io import read_json, write_json
 from kdprune.losses import CrossEntropy
 from kdprune.losses.self_distill import SELF_DISTILLATION
-from kdprune.methods.context import add_cost, cost_of, score_batches, sparsity_dir, threshold_masks
+from kdprune.methods.context import score_batches, sparsity_dir, threshold_masks
+from kdprune.methods.recipe import Recipe
+from kdprune.methods.result import Cost
 from kdprune.pruning.criteria import loss_gradient_scores
 from kdprune.pruning.prunable import prunable_parameters
 from kdprune.train.stage import optim_spec, run_training_stage
@@ -42,9 +44,10 @@ def _objective(sd: str | None, cfg):
 
 def run_epsd(ctx) -> None:
     cfg, env, out = ctx.cfg, ctx.env, ctx.out
-    variant, sd = ("simple", None) if cfg.method == "epg" else cfg.method.split("-", 1)
+    sd = ctx.method.self_distillation  # None: EPG
+    sd_saliency = ctx.method.criterion == "sd-saliency"  # EPSD; Simple and EPG score with CE
     regime, has_state = ("plain", False) if sd is None else ("sd", True)
-    _, dense = ctx.dense_ce()
+    ctx.stages.dense_ce()
     warm_obj = _objective(sd, cfg)
     model = ctx.model()
     wdir = out / f"warmup-{sd or 'ce'}"
@@ -63,7 +66,7 @@ def run_epsd(ctx) -> None:
     n_batches = score_batches(cfg, env)
     t0 = time.perf_counter()
     loader = env.score_loader(cfg.seed)
-    if variant == "epsd":
+    if sd_saliency:
         warm_obj.attach(loader)
         warm_obj.start_epoch(0, 1)
         if hasattr(warm_obj, "previous") and warm_obj.memory is not None:
@@ -89,5 +92,9 @@ def run_epsd(ctx) -> None:
         m = run_training_stage(rdir, net, objective, optim_spec(cfg), cfg.student_epochs, env, cfg,
                                desc=f"{cfg.method} {s:g}", masks=masks, callbacks=ctx.callbacks,
                                extra={"target_sparsity": s, "regime": regime})
-        cost = add_cost(add_cost(cost_of(warm), cost_of(m)), {"wall_seconds": score_s})
-        ctx.record(s, regime, m, pruned, dense["top1"], None, cost, n_batches, rdir)
+        cost = Cost.of(warm) + Cost.of(m) + Cost(wall_seconds=score_s)
+        ctx.record(s, regime, m, pruned["top1"], cost, rdir, scoring_batches=n_batches)
+
+
+RECIPE = Recipe("epsd", run_epsd, pays_for_teacher=False, uses_retrain=False,
+                epochs=lambda cfg: cfg.student_epochs * (1 + len(cfg.sparsity)) + cfg.epsd_warmup_epochs)

@@ -21,13 +21,13 @@ Pruned weights have score -1 in the next round, so the masks are nested across r
 
 from __future__ import annotations
 
-import torch
-
 from kdprune.io import load_tensors
-from kdprune.methods.context import add_cost, cost_of, log
+from kdprune.methods.context import log
+from kdprune.methods.recipe import Recipe, regimes_of
+from kdprune.methods.result import Cost
 from kdprune.pruning.masks import MaskSet
 from kdprune.pruning.prunable import prunable_parameters
-from kdprune.pruning.threshold import global_masks, layerwise_masks
+from kdprune.pruning.threshold import MaskOptions, nest, prune_masks
 
 
 def rate_per_round(cfg) -> float:
@@ -51,26 +51,22 @@ def schedule(targets: list[float], rate: float) -> list[tuple[float, bool]]:
 def run_imp(ctx) -> None:
     cfg, env, out = ctx.cfg, ctx.env, ctx.out
     rate = rate_per_round(cfg)
-    dense_model, dense = ctx.dense_ce()
-    rewind_state = load_tensors(ctx.rewind_file)
+    dense_model, dense = ctx.stages.dense_ce()
+    rewind_state = load_tensors(ctx.stages.rewind_file)
     dense_state = {k: v.clone() for k, v in dense_model.state_dict().items()}
     rounds = schedule(cfg.sparsity, rate)
     log(env, f"IMP: {len(rounds)} rounds at rate {rate:.3f}, rewind to epoch {cfg.rewind_epoch}"
               + (" (random re-init)" if cfg.imp_reinit else ""))
-    threshold = global_masks if cfg.scope == "global" else layerwise_masks
     for regime in ctx.regimes:
         state, masks = dense_state, None
-        tm = ctx.teacher_metrics(regime)
-        cost = add_cost(cost_of(dense), cost_of(tm))
+        cost = Cost.of(dense) + ctx.teacher_cost(regime)
         for k, (s, is_target) in enumerate(rounds, 1):
             model = ctx.model(seed_offset=2)
             model.load_state_dict(state)
             params = prunable_parameters(model, cfg.prune_first, cfg.prune_last)
             scores = {n: p.detach().abs().float() for n, p in params.items()}
-            if masks is not None:  # already-pruned weights go first: nested masks
-                scores = {n: torch.where(masks.masks[n].cpu(), v.cpu(), torch.full_like(v.cpu(), -1.0))
-                          for n, v in scores.items()}
-            masks = MaskSet(threshold(scores, s))
+            scores = nest(scores, masks.masks if masks is not None else None)  # already pruned go first
+            masks = MaskSet(prune_masks(scores, s, MaskOptions(cfg.scope)))
             rdir = out / "imp" / regime / f"round-{k:02d}-{s:g}"
             pruned = ctx.pruned_top1(rdir, model, masks, list(params))
             start = rewind_state
@@ -78,7 +74,14 @@ def run_imp(ctx) -> None:
                 start = ctx.model(seed_offset=100 + k).state_dict()
             m, trained = ctx.retrain(rdir, s, regime, start, masks, cfg.student_epochs, cfg.lr,
                                      f"imp {k} {s:.3g} {regime}")
-            cost = add_cost(cost, cost_of(m))
+            cost = cost + Cost.of(m)
             state = {name: v.detach().clone() for name, v in trained.state_dict().items()}
             if is_target:
-                ctx.record(s, regime, m, pruned, dense["top1"], tm["top1"] if tm else None, cost, 0, rdir)
+                ctx.record(s, regime, m, pruned["top1"], cost, rdir)
+
+
+def _epochs(cfg) -> int:
+    return cfg.student_epochs * (1 + len(schedule(cfg.sparsity, rate_per_round(cfg))) * regimes_of(cfg))
+
+
+RECIPE = Recipe("imp", run_imp, pays_for_teacher=False, epochs=_epochs, iterative=True)

@@ -28,15 +28,15 @@ from kdprune.distributed import barrier, synced
 from kdprune.io import read_json, write_json, write_yaml
 from kdprune.methods.context import (
     RunContext,
-    add_cost,
     config_dict,
-    cost_of,
     distillation,
     log,
     retrain_spec,
     score_batches,
     threshold_masks,
 )
+from kdprune.methods.recipe import Recipe, regimes_of
+from kdprune.methods.result import Cost
 from kdprune.pruning import structured as S
 from kdprune.pruning.prunable import prunable_parameters
 from kdprune.train import evaluate
@@ -52,18 +52,18 @@ def targets(cfg) -> list[tuple[str, float | None, float | None]]:
 
 def run(ctx: RunContext) -> None:
     cfg, env = ctx.cfg, ctx.env
-    criterion = "l1" if cfg.method == "magnitude" else cfg.method
-    teacher, t_metrics = ctx.teacher()
-    student, s_metrics = ctx.kd_student()
+    criterion = S.channel_criterion(cfg.method)
+    teacher, t_metrics = ctx.stages.teacher()
+    student, s_metrics = ctx.stages.kd_student()
     d = env.data
     example = torch.zeros(1, d.in_channels, d.image_size, d.image_size, device=env.device)
     t0 = time.perf_counter()
-    n_batches = score_batches(cfg, env) if criterion in ("teacher-guided", "taylor-ce") else 0
+    n_batches = score_batches(cfg, env) if criterion in S.DATA_CRITERIA else 0
     scores = S.saliency(student, criterion, iter(env.score_loader(cfg.seed)), teacher=teacher,
                         objective=distillation(cfg), num_batches=n_batches or None, seed=cfg.seed)
     score_s = time.perf_counter() - t0
     dense_state = {k: v.clone() for k, v in student.state_dict().items()}
-    shared = add_cost(add_cost(cost_of(t_metrics), cost_of(s_metrics)), {"wall_seconds": score_s})
+    shared = Cost.of(t_metrics) + Cost.of(s_metrics) + Cost(wall_seconds=score_s)
     for label, factor, fraction in targets(cfg):
         sdir = ctx.out / label
         model = ctx.model()
@@ -96,14 +96,11 @@ def run(ctx: RunContext) -> None:
             removed = 1.0 - plan.macs_after / plan.macs_before
             m = {**m, "sparsity": {"sparsity": removed, "nonzero_params": plan.params_after,
                                    "total_params": plan.params_before}}
-            ctx.record(s, regime, m, {"top1": pruned_top1}, s_metrics["top1"], t_metrics["top1"],
-                       add_cost(shared, cost_of(m)), n_batches, rdir, channel_variant(cfg),
-                       extra={"structure": "channel", "target_macs": factor, "macs": plan.macs_after,
-                              "macs_before": plan.macs_before, "macs_reduction": plan.macs_reduction,
-                              "params": plan.params_after})
+            ctx.record(s, regime, m, pruned_top1, shared + Cost.of(m), rdir, scoring_batches=n_batches,
+                       variant=channel_variant(cfg), structure="channel", target_macs=factor, macs=plan.macs_after,
+                       macs_before=plan.macs_before, macs_reduction=plan.macs_reduction, params=plan.params_after)
         if cfg.channel_twin:
-            unstructured_twin(ctx, student, dense_state, scores, plan, sdir, s, factor, pruned_top1,
-                              (s_metrics["top1"], t_metrics["top1"]), shared, n_batches)
+            unstructured_twin(ctx, student, dense_state, scores, plan, sdir, s, factor, pruned_top1, shared, n_batches)
 
 
 def channel_variant(cfg) -> str:
@@ -121,8 +118,7 @@ def twin_sparsity(params: dict, plan: S.ChannelPlan) -> float:
 
 
 def unstructured_twin(ctx: RunContext, student, dense_state: dict, scores: dict, plan: S.ChannelPlan, sdir,
-                      s: float, factor: float | None, channel_pruned_top1: float, dense_teacher_top1: tuple,
-                      shared: dict, n_batches: int) -> None:
+                      s: float, factor: float | None, channel_pruned_top1: float, shared: Cost, n_batches: int) -> None:
     """``--channel-twin``: the unstructured model with the channel model's parameter count (module docstring)."""
     cfg = ctx.cfg
     student.load_state_dict(dense_state)
@@ -137,7 +133,15 @@ def unstructured_twin(ctx: RunContext, student, dense_state: dict, scores: dict,
     for regime in ctx.regimes:
         m, _ = ctx.retrain(udir / regime, s_u, regime, dense_state, masks, cfg.retrain_epochs, retrain_spec(cfg),
                            f"retrain twin {regime}")
-        ctx.record(s, regime, m, pruned, *dense_teacher_top1, add_cost(shared, cost_of(m)), n_batches,
-                   udir / regime, "unstructured, same params",
-                   extra={"structure": "unstructured", "twin_of": "channel", "target_macs": factor,
-                          "params": plan.params_after})
+        ctx.record(s, regime, m, pruned["top1"], shared + Cost.of(m), udir / regime, scoring_batches=n_batches,
+                   variant="unstructured, same params", structure="unstructured", twin_of="channel",
+                   target_macs=factor, params=plan.params_after)
+
+
+def _epochs(cfg) -> int:
+    n_targets = len(str(cfg.target_macs or "x").split(","))
+    twins = 2 if cfg.channel_twin else 1
+    return cfg.teacher_epochs + cfg.student_epochs + n_targets * regimes_of(cfg) * twins * cfg.retrain_epochs
+
+
+RECIPE = Recipe("channel", run, pays_for_teacher=True, epochs=_epochs)

@@ -26,8 +26,6 @@ from kdprune.distributed import barrier, synced
 from kdprune.io import load_tensors, read_json, save_tensors, write_json
 from kdprune.methods.context import (
     RunContext,
-    add_cost,
-    cost_of,
     criterion_kwargs,
     log,
     retrain_spec,
@@ -35,22 +33,24 @@ from kdprune.methods.context import (
     threshold_masks,
     variant,
 )
-from kdprune.methods.registry import get_method
+from kdprune.methods.recipe import Recipe, regimes_of
+from kdprune.methods.result import Cost
 from kdprune.pruning.criteria import Criterion, get_criterion
 from kdprune.pruning.masks import MaskSet
 from kdprune.pruning.prunable import prunable_parameters
+from kdprune.pruning.threshold import MaskOptions
 
 
 def run(ctx: RunContext) -> None:
     cfg, env = ctx.cfg, ctx.env
-    criterion = get_criterion(get_method(cfg.method).criterion)
-    teacher, t_metrics = ctx.teacher()                                              # step 1
-    student, s_metrics = ctx.kd_student()                                           # step 2
+    criterion = get_criterion(ctx.method.criterion)
+    teacher, t_metrics = ctx.stages.teacher()                                       # step 1
+    student, s_metrics = ctx.stages.kd_student()                                    # step 2
     params = prunable_parameters(student, cfg.prune_first, cfg.prune_last)
     kwargs = criterion_kwargs(criterion, cfg, env, teacher if criterion.needs_teacher else None)
     scores, score_info = score_student(ctx, criterion, student, params, kwargs)     # step 3
     dense_state = {k: v.clone() for k, v in student.state_dict().items()}
-    shared = add_cost(add_cost(cost_of(t_metrics), cost_of(s_metrics)), {"wall_seconds": score_info["seconds"]})
+    shared = Cost.of(t_metrics) + Cost.of(s_metrics) + Cost(wall_seconds=score_info["seconds"])
     for s in cfg.sparsity:
         sdir = sparsity_dir(ctx.out, s)
         extra_scoring = {"seconds": 0.0, "batches": 0}
@@ -68,9 +68,9 @@ def run(ctx: RunContext) -> None:
             rdir = sdir / regime
             m, _ = ctx.retrain(rdir, s, regime, dense_state, masks, cfg.retrain_epochs, retrain_spec(cfg),
                                f"retrain {s:g} {regime}")
-            cost = add_cost(add_cost(shared, cost_of(m)), {"wall_seconds": extra_scoring["seconds"]})
-            ctx.record(s, regime, m, pruned, s_metrics["top1"], t_metrics["top1"], cost,
-                       score_info["batches"] + extra_scoring["batches"], rdir, variant(cfg))
+            cost = shared + Cost.of(m) + Cost(wall_seconds=extra_scoring["seconds"])
+            ctx.record(s, regime, m, pruned["top1"], cost, rdir,
+                       scoring_batches=score_info["batches"] + extra_scoring["batches"], variant=variant(cfg))
 
 
 def score_student(ctx: RunContext, criterion: Criterion, student, params: dict, kwargs: dict):
@@ -110,8 +110,7 @@ def progressive(ctx: RunContext, criterion: Criterion, student, dense_state: dic
 
     score_masked = rescoring(student, dense_state, lambda: criterion.score(
         student, params, iter(env.score_loader(cfg.seed)) if criterion.needs_data else None, **kwargs), first_scores)
-    masks = MaskSet(progressive_masks(score_masked, sparsity, cfg.score_rounds, cfg.scope, layer_floor=cfg.layer_floor,
-                                      score_norm=cfg.score_norm))
+    masks = MaskSet(progressive_masks(score_masked, sparsity, cfg.score_rounds, MaskOptions.of(cfg)))
     student.load_state_dict(dense_state)
     info = {"seconds": time.perf_counter() - t0,
             "batches": (cfg.score_rounds - 1) * (kwargs.get("num_batches", 0) if criterion.needs_data else 0)}
@@ -120,3 +119,8 @@ def progressive(ctx: RunContext, criterion: Criterion, student, dense_state: dic
         write_json(info_file, info)
     barrier()
     return masks, info
+
+
+RECIPE = Recipe("post-training", run, pays_for_teacher=True,
+                epochs=lambda cfg: cfg.teacher_epochs + cfg.student_epochs
+                + len(cfg.sparsity) * regimes_of(cfg) * cfg.retrain_epochs)

@@ -1,4 +1,9 @@
-"""A small model registry in the style of timm: a decorator registers a constructor by name.
+"""A small model registry in the style of timm: a decorator registers a constructor by name, with the
+model's metadata (as timm's ``pretrained_cfg``): its stem convolution, its classifier and the input it is
+designed for. :func:`create_model` puts that metadata on the model (``model.kdprune_cfg``), so pruning
+(``--no-prune-first``/``--no-prune-last``, channel pruning's untouchable layers) and export read the layer
+names instead of guessing them; a user's ``module:factory`` model has none, and the first Conv2d and last
+Linear stand in.
 
 Besides the registered names, an architecture may be a ``module:factory`` string naming any importable
 callable that returns an ``nn.Module`` (the user's own model); the current working directory is importable.
@@ -24,17 +29,39 @@ class ModelInfo:
     family: str
     description: str
     constructor: Callable[..., nn.Module]
+    first_conv: str | None = None  # the stem convolution's module name
+    classifier: str | None = None  # the final Linear's module name
+    input_size: tuple[int, int, int] | None = None  # (channels, height, width) the architecture is designed for
+
+    def cfg(self, in_channels: int) -> dict | None:
+        """The metadata a built model carries (``model.kdprune_cfg``); None for a user's model."""
+        if self.first_conv is None:
+            return None
+        size = self.input_size[1:] if self.input_size else None
+        return {"arch": self.name, "first_conv": self.first_conv, "classifier": self.classifier,
+                "input_size": (in_channels, *size) if size else None}
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(family: str, description: str):
+def register_model(family: str, description: str, *, first_conv: str = "conv1", classifier: str = "fc",
+                   input_size: tuple[int, int, int] = (3, 32, 32)):
     def deco(fn: Callable[..., nn.Module]):
-        _REGISTRY[fn.__name__] = ModelInfo(fn.__name__, family, description, fn)
+        _REGISTRY[fn.__name__] = ModelInfo(fn.__name__, family, description, fn, first_conv, classifier, input_size)
         return fn
 
     return deco
+
+
+def registered(name: str | None) -> ModelInfo | None:
+    """The registry entry of ``name``, or None (a user's ``module:factory`` or an unknown name)."""
+    return _REGISTRY.get(name) if isinstance(name, str) else None
+
+
+def model_cfg(model: nn.Module) -> dict:
+    """The metadata :func:`create_model` put on ``model`` ({} for a model built otherwise)."""
+    return getattr(model, "kdprune_cfg", None) or {}
 
 
 def list_models() -> list[str]:
@@ -110,4 +137,9 @@ def create_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module
     """Build a registered architecture as a plain ``nn.Module``."""
     if num_classes < 2:
         raise UserError(f"num_classes must be at least 2, got {num_classes}")
-    return model_info(name).constructor(num_classes=num_classes, in_channels=in_channels)
+    info = model_info(name)
+    model = info.constructor(num_classes=num_classes, in_channels=in_channels)
+    cfg = info.cfg(in_channels)
+    if cfg is not None:
+        model.kdprune_cfg = cfg
+    return model

@@ -38,16 +38,16 @@ class VGG(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-@register_model("vgg", "VGG-11 with BN, CIFAR style (GAP + one linear layer)")
+@register_model("vgg", "VGG-11 with BN, CIFAR style (GAP + one linear layer)", first_conv="features.0")
 def vgg11(num_classes: int, in_channels: int = 3) -> nn.Module:
     return VGG(_CFG["vgg11"], num_classes, in_channels)
 
 
-@register_model("vgg", "VGG-16 with BN, CIFAR style (GAP + one linear layer)")
+@register_model("vgg", "VGG-16 with BN, CIFAR style (GAP + one linear layer)", first_conv="features.0")
 def vgg16(num_classes: int, in_channels: int = 3) -> nn.Module:
     return VGG(_CFG["vgg16"], num_classes, in_channels)
 
 
-@register_model("vgg", "VGG-19 with BN, CIFAR style (GAP + one linear layer)")
+@register_model("vgg", "VGG-19 with BN, CIFAR style (GAP + one linear layer)", first_conv="features.0")
 def vgg19(num_classes: int, in_channels: int = 3) -> nn.Module:
     return VGG(_CFG["vgg19"], num_classes, in_channels)

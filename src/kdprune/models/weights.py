@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from kdprune.checkpoint import load_checkpoint
 from kdprune.errors import UserError
 from kdprune.io import is_safetensors, load_tensors
 
@@ -38,8 +39,6 @@ def read_state_dict(path: str | Path, unwrap: bool = True) -> dict[str, torch.Te
     if is_safetensors(p):
         state = load_tensors(p)
         return strip_wrappers(state) if unwrap else state
-    from kdprune.train.checkpoint import load_checkpoint
-
     obj = load_checkpoint(p)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]

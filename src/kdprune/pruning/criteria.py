@@ -30,9 +30,18 @@ import torch
 import torch.nn as nn
 
 from kdprune.distributed import average_
-from kdprune.errors import UserError
+from kdprune.choices import SCORE_FORMS
+from kdprune.errors import UserError, check_choice
 from kdprune.losses import Objective
 from kdprune.data.batches import model_device, to_device
+
+
+SCORE_BATCHES = 100  # the default number of score batches: one epoch, at most this many
+
+
+def score_batch_count(given: int | None, n_batches: int) -> int:
+    """``--score-batches`` / ``num_batches`` when given, else one epoch of ``n_batches``, at most 100."""
+    return given or min(n_batches, SCORE_BATCHES)
 
 
 @dataclass(frozen=True)
@@ -72,13 +81,12 @@ class Criterion:
     def masks_for(self, model: nn.Module, params: dict[str, nn.Parameter], batches: Iterable | None,
                   sparsity: float, scope: str = "global", **kw) -> dict[str, torch.Tensor]:
         """Boolean keep-masks at ``sparsity``: threshold the scores, or the criterion's own schedule."""
-        from kdprune.pruning.threshold import global_masks, layerwise_masks
+        from kdprune.pruning.threshold import MaskOptions, prune_masks
 
         if self.masks_fn is not None:
             self._check(kw)
             return self.masks_fn(model, params, batches, sparsity, scope, **kw)
-        fn = global_masks if scope == "global" else layerwise_masks
-        return fn(self.score(model, params, batches, **kw), sparsity)
+        return prune_masks(self.score(model, params, batches, **kw), sparsity, MaskOptions(scope))
 
 
 def _magnitude(model, params, batches, **kw):
@@ -101,8 +109,7 @@ def loss_gradient_scores(model: nn.Module, params: dict[str, nn.Parameter], batc
                          objective: Objective, *, teacher: nn.Module | None = None, form: str = "taylor",
                          num_batches: int | None = None, **kw) -> dict[str, torch.Tensor]:
     """Sum over batches of a per-batch gradient saliency of ``objective`` (see the module docstring)."""
-    if form not in _FORMS:
-        raise UserError(f"unknown score form {form!r}; choose one of: {', '.join(_FORMS)}")
+    check_choice("score_form", form, SCORE_FORMS)
     if objective.needs_teacher and teacher is None:
         raise UserError("this objective needs a teacher")
     if teacher is not None:  # a teacher fresh from load_state_dict is in train mode: BN would drift
@@ -234,20 +241,15 @@ def _synflow_scores(model, params, batches=None, *, input_shape=None, masks=None
 
 def _synflow_masks(model, params, batches, sparsity, scope, *, input_shape=None, synflow_iterations: int = 100, **kw):
     """Iterative SynFlow: ``n`` rounds of scoring and pruning with the exponential schedule of the
-    paper, density after round ``k`` = ``(1 - sparsity) ** (k / n)``; pruned weights score 0, so the
-    masks shrink monotonically and the last round removes exactly the target fraction."""
-    from kdprune.pruning.threshold import global_masks, layerwise_masks
+    paper, density after round ``k`` = ``(1 - sparsity) ** (k / n)``: :func:`progressive_masks` with the
+    SynFlow score of the masked network. Pruned weights rank below every kept one, so the masks shrink
+    monotonically and the last round removes exactly the target fraction."""
+    from kdprune.pruning.progressive import progressive_masks
+    from kdprune.pruning.threshold import MaskOptions
 
-    fn = global_masks if scope == "global" else layerwise_masks
     input_shape = _need_input_shape(input_shape)
-    masks = None
-    for k in range(1, synflow_iterations + 1):
-        s_k = 1.0 - (1.0 - sparsity) ** (k / synflow_iterations)
-        scores = _synflow_scores(model, params, None, input_shape=input_shape, masks=masks)
-        if masks is not None:  # keep pruned weights pruned even if a score ties with zero
-            scores = {n: torch.where(masks[n], scores[n], torch.full_like(scores[n], -1.0)) for n in scores}
-        masks = fn(scores, s_k) if s_k > 0 else {n: torch.ones_like(v, dtype=torch.bool) for n, v in scores.items()}
-    return masks
+    return progressive_masks(lambda masks: _synflow_scores(model, params, None, input_shape=input_shape, masks=masks),
+                             sparsity, synflow_iterations, MaskOptions(scope))
 
 
 CRITERIA: dict[str, Criterion] = {

@@ -9,12 +9,13 @@ the one-shot mask. (The same schedule as iterative SynFlow, applied to any score
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from kdprune.pruning.threshold import normalize_scores, prune_masks
+from kdprune.pruning.threshold import MaskOptions, nest, normalize_scores, prune_masks
 
 
 def schedule(sparsity: float, rounds: int) -> list[float]:
@@ -22,17 +23,13 @@ def schedule(sparsity: float, rounds: int) -> list[float]:
 
 
 def progressive_masks(score_masked: Callable[[dict[str, torch.Tensor] | None], dict[str, torch.Tensor]],
-                      sparsity: float, rounds: int, scope: str = "global", *, layer_floor: float = 0.0,
-                      score_norm: str = "none") -> dict[str, torch.Tensor]:
+                      sparsity: float, rounds: int, options: MaskOptions = MaskOptions()) -> dict[str, torch.Tensor]:
     """``score_masked(masks)`` returns the scores of the model with ``masks`` applied (``None``: dense).
-    Scores are normalised (``score_norm``) before already-pruned weights are set below every kept one."""
-    masks = None
+    Scores are normalised (``options.score_norm``) before already-pruned weights are set below every kept
+    one (:func:`~kdprune.pruning.threshold.nest`)."""
+    masks, normalised = None, replace(options, score_norm="none")
     for s_k in schedule(sparsity, rounds):
-        scores = normalize_scores(score_masked(masks), score_norm)
-        if masks is not None:
-            scores = {n: torch.where(masks[n].to(v.device), v.float().clamp_min(0), torch.full_like(v.float(), -1.0))
-                      for n, v in scores.items()}
-        masks = prune_masks(scores, s_k, scope, layer_floor=layer_floor)
+        masks = prune_masks(nest(normalize_scores(score_masked(masks), options.score_norm), masks), s_k, normalised)
     return masks
 
 

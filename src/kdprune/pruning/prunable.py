@@ -19,16 +19,25 @@ def unwrap(model: nn.Module) -> nn.Module:
 def prunable_parameters(model: nn.Module, prune_first: bool = True, prune_last: bool = True) -> dict[str, nn.Parameter]:
     """Canonical name -> weight for every prunable layer, in module order.
 
-    ``prune_first=False`` leaves the first conv dense, ``prune_last=False`` the last linear layer.
+    ``prune_first=False`` leaves the stem conv dense, ``prune_last=False`` the classifier: the layers the
+    model's registry metadata names (:func:`stem_and_classifier`).
     """
     model = unwrap(model)
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    if not prune_first:
-        first = next((i for i, (_, m) in enumerate(layers) if isinstance(m, nn.Conv2d)), None)
-        if first is not None:
-            layers.pop(first)
-    if not prune_last:
-        last = next((i for i in range(len(layers) - 1, -1, -1) if isinstance(layers[i][1], nn.Linear)), None)
-        if last is not None:
-            layers.pop(last)
-    return {f"{name}.weight": m.weight for name, m in layers}
+    first, last = stem_and_classifier(model)
+    skip = {n for n, keep in ((first, prune_first), (last, prune_last)) if n is not None and not keep}
+    return {f"{name}.weight": m.weight for name, m in layers if name not in skip}
+
+
+def stem_and_classifier(model: nn.Module) -> tuple[str | None, str | None]:
+    """The module names of the stem convolution and the classifier: from the model's registry metadata
+    (``model.kdprune_cfg``), else (a user's model) the first Conv2d and the last Linear."""
+    from kdprune.models.registry import model_cfg
+
+    model = unwrap(model)
+    cfg = model_cfg(model)
+    if cfg.get("first_conv") and cfg.get("classifier"):
+        return cfg["first_conv"], cfg["classifier"]
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return (convs[0] if convs else None), (linears[-1] if linears else None)

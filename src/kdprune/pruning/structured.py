@@ -28,20 +28,35 @@ import torch
 import torch.nn as nn
 
 from kdprune.errors import UserError
+from kdprune.models.macs import count_macs
 
 STRUCTURED_CRITERIA = ("teacher-guided", "taylor-ce", "l1", "l2", "random")
+DATA_CRITERIA = ("teacher-guided", "taylor-ce")  # the structured criteria that score on batches
 
 
-def _tp():
+def channel_criterion(method: str) -> str:
+    """The structured criterion a method name stands for: ``magnitude`` is group L1 magnitude for channels."""
+    return "l1" if method == "magnitude" else method
+
+
+def needs_teacher(criterion: str) -> bool:
+    """Whether a structured criterion scores with the teacher (``teacher-guided``: the gradient of L_total)."""
+    return criterion == "teacher-guided"
+
+
+def _import_tp():
     import warnings
 
-    try:
-        with warnings.catch_warnings():  # its sources raise SyntaxWarnings (escape sequences) on first import
-            warnings.simplefilter("ignore")
-            import torch_pruning
-    except ImportError:  # a dependency of kdprune; only a broken install lacks it
-        raise UserError("structured pruning needs torch-pruning: pip install torch-pruning") from None
-    return torch_pruning
+    with warnings.catch_warnings():  # its sources raise SyntaxWarnings (escape sequences) on first import
+        warnings.simplefilter("ignore")
+        import torch_pruning
+        from torch_pruning.pruner import function
+    return torch_pruning, function
+
+
+tp, _F = _import_tp()  # a dependency of kdprune (0.02 s to import beside torch)
+_OUT = (_F.prune_conv_out_channels, _F.prune_linear_out_channels)
+_IN = (_F.prune_conv_in_channels, _F.prune_linear_in_channels)
 
 
 # ----------------------------------------------------------------------------------------- saliency
@@ -53,10 +68,10 @@ def saliency(model: nn.Module, criterion: str, batches: Iterable | None = None, 
     from kdprune.pruning.criteria import loss_gradient_scores
 
     params = dict(model.named_parameters())
-    if criterion in ("teacher-guided", "taylor-ce"):
+    if criterion in DATA_CRITERIA:
         if batches is None:
             raise UserError(f"structured criterion {criterion!r} needs data")
-        if criterion == "teacher-guided":
+        if needs_teacher(criterion):
             if teacher is None:
                 raise UserError("structured criterion 'teacher-guided' needs a teacher")
             obj = objective or Distillation()
@@ -73,9 +88,11 @@ def saliency(model: nn.Module, criterion: str, batches: Iterable | None = None, 
     raise UserError(f"unknown structured criterion {criterion!r}; choose one of: {', '.join(STRUCTURED_CRITERIA)}")
 
 
-class GroupSaliency:
-    """Torch-Pruning importance: per channel of a group, the sum of the precomputed saliencies of every
-    weight that removing the channel deletes (``saliency`` is keyed by parameter object)."""
+class GroupSaliency(tp.importance.Importance):
+    """A Torch-Pruning importance: per channel of a dependency group, the sum of the precomputed saliencies
+    of every weight that removing the channel deletes (``by_param`` is keyed by parameter object): the
+    group's conv and linear filters (and biases), its BatchNorm scale and shift, and its consumers' input
+    slices (a depthwise conv's input channel is its output channel)."""
 
     def __init__(self, by_param: dict[nn.Parameter, torch.Tensor]):
         self.s = by_param
@@ -85,9 +102,9 @@ class GroupSaliency:
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
-        total, seen = None, False
+        total = None
         for i, (dep, idxs) in enumerate(group):
-            layer, name = dep.target.module, dep.handler.__name__
+            layer, fn = dep.layer, dep.pruning_fn
             root = group[i].root_idxs
             imp = None
             if isinstance(layer, (nn.Conv2d, nn.Linear)):
@@ -95,51 +112,27 @@ class GroupSaliency:
                 if w is None:
                     continue
                 depthwise = isinstance(layer, nn.Conv2d) and layer.groups > 1 and layer.groups == layer.in_channels
-                if name == "prune_out_channels" or (depthwise and name == "prune_in_channels"):
+                if fn in _OUT or (depthwise and fn in _IN):
                     imp = w[idxs].flatten(1).sum(1)
                     b = self._get(layer.bias)
-                    if b is not None and name == "prune_out_channels":
+                    if b is not None and fn in _OUT:
                         imp = imp + b[idxs]
-                elif name == "prune_in_channels":
+                elif fn in _IN:
                     per_in = w.transpose(0, 1).flatten(1).sum(1)
                     if isinstance(layer, nn.Conv2d) and layer.groups > 1:
                         per_in = per_in.repeat(layer.groups)
                     imp = per_in[idxs]
-            elif isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.affine and name == "prune_out_channels":
+            elif isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.affine and fn == _F.prune_batchnorm_out_channels:
                 imp = self._get(layer.weight)[idxs] + self._get(layer.bias)[idxs]
             if imp is None or any(r is None for r in root):
                 continue
             if total is None:
                 total = torch.zeros(len(group[0].idxs), dtype=torch.float64, device=imp.device)
             total.scatter_add_(0, torch.tensor(root, device=imp.device), imp.double())
-            seen = True
-        return total if seen else None
+        return total
 
 
 # ----------------------------------------------------------------------------------------- counting
-
-def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
-    """Multiply-accumulates of Conv2d and Linear layers for one input (batch size 1)."""
-    total = [0]
-
-    def hook(m, inp, out):
-        if isinstance(m, nn.Conv2d):
-            total[0] += out.shape[2] * out.shape[3] * m.weight.numel()
-        else:
-            total[0] += m.weight.numel() * (out.numel() // out.shape[-1] // out.shape[0])
-
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_input[:1])
-    finally:
-        model.train(was)
-        for h in hs:
-            h.remove()
-    return total[0]
-
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -180,19 +173,15 @@ def parse_macs_target(text: str | float) -> float:
 
 
 def _ignored(model: nn.Module, keep_first: bool = True) -> list[nn.Module]:
-    """The classifier (the last Linear) and, with ``keep_first``, the first conv: never pruned."""
-    out = []
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if linears:
-        out.append(linears[-1])
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if keep_first and convs:
-        out.append(convs[0])
-    return out
+    """The classifier and, with ``keep_first``, the stem conv: never pruned (their outputs stay intact)."""
+    from kdprune.pruning.prunable import stem_and_classifier
+
+    first, last = stem_and_classifier(model)
+    modules = dict(model.named_modules())
+    return [modules[n] for n in (last, first if keep_first else None) if n is not None]
 
 
 def _groups(model: nn.Module, example_input: torch.Tensor):
-    tp = _tp()
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input[:1])
     names = {m: n for n, m in model.named_modules()}
     groups = list(dg.get_all_groups(ignored_layers=_ignored(model), root_module_types=[nn.Conv2d, nn.Linear]))
@@ -200,7 +189,6 @@ def _groups(model: nn.Module, example_input: torch.Tensor):
 
 
 def _apply(model: nn.Module, example_input: torch.Tensor, removals: dict[str, list[int]]) -> nn.Module:
-    tp = _tp()
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input[:1])
     modules = dict(model.named_modules())
     for name, idxs in removals.items():
@@ -251,7 +239,7 @@ def plan_channels(model: nn.Module, example_input: torch.Tensor, scores: dict[st
         if budget[root] > 0:
             order.append((root, c))
             budget[root] -= 1
-    macs0, params0 = count_macs(model, example_input), count_params(model)
+    macs0, params0 = count_macs(model, example_input)[0], count_params(model)
 
     sizes = {r: sum(1 for c in candidates if c[3] == r) for r in keep_min}
 
@@ -270,7 +258,7 @@ def plan_channels(model: nn.Module, example_input: torch.Tensor, scores: dict[st
                     rem[r] = chans[:len(chans) - (want - kept)]
             rem = {r: sorted(v) for r, v in rem.items() if v}
             m = _apply(copy.deepcopy(model), example_input, rem)
-            counted[k] = (rem, count_macs(m, example_input), count_params(m))
+            counted[k] = (rem, count_macs(m, example_input)[0], count_params(m))
         return counted[k]
 
     def reached(k: int) -> bool:

@@ -8,10 +8,27 @@ order, then row-major within a layer) are removed first, so the result is determ
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from kdprune.errors import UserError
+from kdprune.choices import SCOPES, SCORE_NORMS
+from kdprune.errors import UserError, check_choice
+
+
+@dataclass(frozen=True)
+class MaskOptions:
+    """How scores become masks (step 4), as one value: ``scope`` (one global threshold, the paper's, or one
+    per layer) and the collapse guards ``layer_floor`` and ``score_norm`` (options, not the paper's)."""
+
+    scope: str = "global"
+    layer_floor: float = 0.0
+    score_norm: str = "none"
+
+    @classmethod
+    def of(cls, cfg) -> "MaskOptions":
+        """The mask options of a run's config (any object with these fields; absent ones keep the defaults)."""
+        return cls(*(getattr(cfg, f, d) for f, d in (("scope", "global"), ("layer_floor", 0.0), ("score_norm", "none"))))
 
 
 def check_sparsity(sparsity: float) -> float:
@@ -69,15 +86,11 @@ def _floored(flat: torch.Tensor, floor: float) -> torch.Tensor:
     return out
 
 
-SCORE_NORMS = ("none", "l2", "mean")
-
-
 def normalize_scores(scores: dict[str, torch.Tensor], how: str = "none") -> dict[str, torch.Tensor]:
     """Per-layer score normalisation before one global threshold (a collapse guard, not the paper's):
     ``l2`` divides each layer's scores by their L2 norm (Molchanov et al., ICLR 2017), ``mean`` by their
     mean, so that no layer's scale alone decides how much of it survives."""
-    if how not in SCORE_NORMS:
-        raise UserError(f"score_norm: expected one of {', '.join(SCORE_NORMS)}, got {how!r}")
+    check_choice("score_norm", how, SCORE_NORMS)
     if how == "none":
         return scores
     out = {}
@@ -88,17 +101,26 @@ def normalize_scores(scores: dict[str, torch.Tensor], how: str = "none") -> dict
     return out
 
 
-def prune_masks(scores: dict[str, torch.Tensor], sparsity: float, scope: str = "global", *,
-                layer_floor: float = 0.0, score_norm: str = "none") -> dict[str, torch.Tensor]:
-    """Step 4 with its options: scores -> keep-masks removing exactly ``round(sparsity * N)`` weights."""
-    scores = normalize_scores(scores, score_norm)
-    if scope == "global":
-        return global_masks(scores, sparsity, layer_floor)
-    if scope == "layerwise":
-        if layer_floor > 1.0 - sparsity + 1e-12:
-            raise UserError(f"layer_floor {layer_floor} is above the density {1 - sparsity:g} every layer keeps")
-        return layerwise_masks(scores, sparsity)
-    raise UserError(f"scope: expected global or layerwise, got {scope!r}")
+def prune_masks(scores: dict[str, torch.Tensor], sparsity: float, options: MaskOptions = MaskOptions()
+                ) -> dict[str, torch.Tensor]:
+    """Step 4 with its options: scores -> keep-masks removing exactly ``round(sparsity * N)`` weights. Every
+    rule that thresholds scores (one-shot, progressive, IMP's rounds, SynFlow's iterations) comes here."""
+    check_choice("scope", options.scope, SCOPES)
+    scores = normalize_scores(scores, options.score_norm)
+    if options.scope == "global":
+        return global_masks(scores, sparsity, options.layer_floor)
+    if options.layer_floor > 1.0 - sparsity + 1e-12:  # layerwise
+        raise UserError(f"layer_floor {options.layer_floor} is above the density {1 - sparsity:g} every layer keeps")
+    return layerwise_masks(scores, sparsity)
+
+
+def nest(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """The scores of a next pruning round under ``masks`` (None: the first round, unchanged): weights already
+    pruned score -1, below every kept one (kept scores clamped at 0), so the next masks are nested in these."""
+    if masks is None:
+        return scores
+    return {n: torch.where(masks[n].to(v.device), v.float().clamp_min(0), torch.full_like(v.float(), -1.0))
+            for n, v in scores.items()}
 
 
 def split_flat(flat: torch.Tensor, shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:

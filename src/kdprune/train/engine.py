@@ -23,12 +23,13 @@ import torch
 import torch.nn as nn
 
 from kdprune.data.batches import check_batches, data_device, to_device
-from kdprune.errors import UserError
+from kdprune.choices import OPTIMIZERS, SCHEDULES
+from kdprune.errors import UserError, check_choice
 from kdprune.io import write_text
 from kdprune.losses import Objective
 from kdprune.pruning.masks import MaskSet
 from kdprune.pruning.prunable import unwrap
-from kdprune.train.checkpoint import load_checkpoint, save_checkpoint
+from kdprune.checkpoint import load_checkpoint, save_checkpoint
 from kdprune.train.layout import as_layout, default_channels_last, is_channels_last, set_layout
 from kdprune.train.progress import Progress
 
@@ -55,19 +56,17 @@ class OptimSpec:
 
 
 def make_optimizer(params, spec: OptimSpec) -> torch.optim.Optimizer:
-    if spec.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
-                               nesterov=spec.nesterov and spec.momentum > 0, weight_decay=spec.weight_decay)
+    check_choice("optimizer", spec.optimizer, OPTIMIZERS)
     if spec.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    raise UserError(f"unknown optimizer {spec.optimizer!r}; choose sgd or adamw")
+    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
+                           nesterov=spec.nesterov and spec.momentum > 0, weight_decay=spec.weight_decay)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, spec: OptimSpec, steps_per_epoch: int, epochs: int):
     total = max(1, steps_per_epoch * epochs)
     warm = spec.warmup_epochs * steps_per_epoch
-    if spec.schedule not in ("cosine", "multistep", "constant"):
-        raise UserError(f"unknown schedule {spec.schedule!r}; choose cosine, multistep or constant")
+    check_choice("schedule", spec.schedule, SCHEDULES)
     marks = sorted(int(round(m * total)) for m in spec.milestones)
 
     def factor(step: int) -> float:

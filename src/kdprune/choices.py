@@ -1,0 +1,19 @@
+"""The closed sets of values that options take, each declared once.
+
+The option declarations (:mod:`kdprune.experiments.config`, ``choices=``) and the library code that acts on
+a value (losses, optimiser, thresholding, the Python API) check against the same tuple, through
+:func:`kdprune.errors.check_choice`. This module imports nothing, so ``kdprune --help`` stays fast.
+"""
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "multistep", "constant")
+KD_LOSSES = ("ca-kld", "kd")  # the paper's CA-KLD on z-scored logits | Hinton's KD
+KD_STDS = ("population", "sample")
+SCOPES = ("global", "layerwise")
+SCORE_NORMS = ("none", "l2", "mean")
+SCORE_FORMS = ("taylor", "grad", "taylor2")
+STRUCTURES = ("unstructured", "channel")
+RETRAIN_SCHEDULES = ("finetune", "lr-rewind", "restart")
+RETRAIN = ("plain", "kd", "both")
+COLT_HEADS = ("own", "shared")
+STAGES = ("teacher", "student", "dense-ce")  # the shared stages of a sweep (kdprune.methods.context.Stages)

@@ -1,0 +1,123 @@
+"""The one schema of a result, and the compute it cost.
+
+:class:`ResultRow` is written by every recipe (``RunContext.record``) into ``results.jsonl``, and read back by
+the sweep's SQLite store (:mod:`kdprune.experiments.store`, one column per field) and the report (its
+``results.csv`` header is :func:`ResultRow.columns`). :class:`Cost` is the compute of a stage or a whole
+result: costs add with ``+``.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Training compute: epochs, images through forward+backward, teacher forwards, wall seconds."""
+
+    epochs: int = 0
+    images_fwd_bwd: int = 0
+    teacher_forwards: int = 0
+    wall_seconds: float = 0.0
+
+    @classmethod
+    def of(cls, metrics: dict | None) -> "Cost":
+        """The cost a training stage recorded in its metrics (None: nothing, e.g. a given checkpoint)."""
+        m = metrics or {}
+        return cls(*(m.get(f.name, 0) for f in fields(cls)))
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+def _extra(default=None):
+    """A field only some recipes fill (channel pruning): left out of the row's dict while it is None."""
+    return field(default=default, metadata={"extra": True})
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One result: a model at one sparsity (or MACs target), one retraining regime, one seed."""
+
+    dataset: str
+    arch: str
+    teacher_arch: str | None
+    method: str
+    regime: str
+    variant: str
+    seed: int
+    target_sparsity: float
+    achieved_sparsity: float
+    top1: float
+    pruned_top1: float | None
+    dense_top1: float | None
+    teacher_top1: float | None
+    epochs: int
+    total_epochs: int
+    images_fwd_bwd: int
+    teacher_forwards: int
+    scoring_batches: int
+    wall_seconds: float
+    total_wall_seconds: float
+    nonzero_params: int
+    total_params: int
+    teacher_images_fwd_bwd: int | None
+    out: str
+    # channel pruning (--structure channel) and its unstructured twin
+    structure: str | None = _extra()
+    twin_of: str | None = _extra()
+    target_macs: float | None = _extra()
+    macs: int | None = _extra()
+    macs_before: int | None = _extra()
+    macs_reduction: float | None = _extra()
+    params: int | None = _extra()
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        """The schema's field names in order: the CSV header and the store's columns."""
+        return [f.name for f in fields(cls)]
+
+    def to_dict(self) -> dict:
+        """The row as ``results.jsonl`` holds it (the extras only where set)."""
+        extra = {f.name for f in fields(self) if f.metadata.get("extra")}
+        return {k: v for k, v in asdict(self).items() if not (k in extra and v is None)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ResultRow":
+        """A row read back: ``results.jsonl`` (rows of older versions lack later fields: None) or a
+        ``results.csv`` (strings, converted by each field's type; an empty cell is None)."""
+        types = typing.get_type_hints(cls)
+        values = {}
+        for f in fields(cls):
+            v = d.get(f.name)
+            if isinstance(v, str) and types[f.name] is not str:
+                v = _parse(v, types[f.name])
+            values[f.name] = v
+        if values["variant"] is None:
+            values["variant"] = ""
+        return cls(**values)
+
+
+def _parse(text: str, tp) -> object:
+    if text == "":
+        return None
+    args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    base = args[0]
+    if base is int:
+        return int(float(text))
+    if base is float:
+        return float(text)
+    return text
+
+
+def is_channel_row(row: dict) -> bool:
+    """A result of channel pruning, or of its unstructured twin (``--channel-twin``)."""
+    return row.get("structure") == "channel" or row.get("twin_of") == "channel"
+
+
+def channel_kind(rows: list[dict]) -> str | None:
+    """``"macs"``/``"params"`` when all ``rows`` are channel pruning (or its twin) to that kind of target."""
+    if not all(map(is_channel_row, rows)):
+        return None
+    return "params" if all(r.get("target_macs") is None for r in rows) else "macs"
