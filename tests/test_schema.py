@@ -146,7 +146,7 @@ def test_every_choice_set_is_the_one_the_library_checks():
     assert tuple(_FORMS) == SCORE_FORMS
     declared = {f.name: f.metadata["choices"] for f in fields(C.RunConfig) if "choices" in f.metadata}
     assert {"optimizer", "schedule", "kd_loss", "kd_std", "scope", "score_norm", "score_form", "structure",
-            "retrain_schedule", "retrain", "colt_heads"} == set(declared)
+            "retrain_schedule", "retrain", "colt_heads", "latency_runtime"} == set(declared)
     # the library refuses what the declaration refuses, in the same words
     from kdprune.losses import Distillation
 

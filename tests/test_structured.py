@@ -204,8 +204,9 @@ def test_run_channel_recipe_end_to_end(tmp_path, run_cli, method):
     code, stdout, err = run_cli("report", out, "--out", tmp_path / "rep", "--latency", "8")
     assert code == 0, err
     assert (tmp_path / "rep" / "accuracy_vs_latency_digits.png").stat().st_size > 10_000
-    section = stdout.split("accuracy against measured latency")[1]
+    recorded, section = stdout.split("Measured by `kdprune report --latency`")  # each run's own, then the report's
     assert "PyTorch eager (channels_last), batch 8" in section
+    assert "Measured by each run when it pruned" in recorded  # the rows carry what the run measured
     table = [l.split(" | ") for l in section.splitlines() if l.startswith("| teacher-guided")]
     assert len(table) == 8 and all(l[-1] == "1.00x |" for l in table if "unstructured" in l[0])
     assert all(l[1] in ("2x MACs", "4x MACs") for l in table)

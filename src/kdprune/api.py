@@ -307,13 +307,19 @@ def prune_channels(model: nn.Module, data=None, *, target_macs: float | str | No
                    teacher: nn.Module | None = None, floor: float = 0.1, round_to: int = 1,
                    num_batches: int | None = None,
                    input_shape: tuple | None = None, alpha: float = 0.9, temperature: float = 4.0,
-                   kd_loss: str = "ca-kld", kd_std: str = "population", seed: int = 0):
+                   kd_loss: str = "ca-kld", kd_std: str = "population", seed: int = 0,
+                   target_latency: float | str | None = None, latency_runtime: str = "onnxruntime",
+                   latency_batch: int = 64, timer=None, prune_stem: bool = False):
     """Structured pruning, in place: remove whole channels of ``model`` until its MACs shrink by
-    ``target_macs`` (2 or "2x") or ``target_params`` of its parameters are gone. Group importance is the
+    ``target_macs`` (2 or "2x"), ``target_params`` of its parameters are gone, or it runs ``target_latency``
+    times faster as measured on this machine in ``latency_runtime`` (``onnxruntime`` or ``torch`` eager) at
+    ``latency_batch`` images and torch's thread count (:mod:`kdprune.pruning.latency`: a layer latency table,
+    cached, then widths allocated by importance per unit of time saved and checked end to end; ``timer``
+    replaces the runtime, see :class:`kdprune.pruning.latency.Timer`). Group importance is the
     ``criterion``'s per-weight saliency summed over every weight a channel's removal deletes
     (``teacher-guided``: ``sum_b |w * dL_total,b/dw|``; ``taylor-ce``; ``l1``; ``l2``; ``random``); one global
     ranking; each group keeps ``floor`` of its channels (and, with ``round_to`` > 1, a multiple of it); the
-    first conv and the classifier stay whole.
+    first conv (unless ``prune_stem``) and the classifier stay whole.
     ``round_to`` stays 1 by default because whether rounded widths pay depends on the runtime (measured on a
     2-core AMD EPYC, ResNet-20 at 32x32, ``benchmarks/latency.py``): in ONNX Runtime widths rounded to 8 are
     faster at 2x and 4x fewer MACs and at batch 1 and 64 (2x: 1.53x against 1.38x at batch 64); in PyTorch eager
@@ -327,10 +333,15 @@ def prune_channels(model: nn.Module, data=None, *, target_macs: float | str | No
 
     crit = S.channel_criterion(criterion)
     check_choice("criterion", crit, S.STRUCTURED_CRITERIA)
-    if (target_macs is None) == (target_params is None):
-        raise UserError("give exactly one target: target_macs (e.g. 2 for 2x) or target_params (a fraction)")
+    from kdprune.pruning.latency import parse_factor, plan_latency
+
+    if sum(t is not None for t in (target_macs, target_params, target_latency)) != 1:
+        raise UserError("give exactly one target: target_macs (e.g. 2 for 2x), target_params (a fraction) or "
+                        "target_latency (e.g. 2 for 2x)")
     if target_macs is not None:
         S.parse_macs_target(target_macs)
+    elif target_latency is not None:
+        parse_factor(target_latency)
     elif not 0.0 < target_params < 1.0:
         raise UserError(f"target_params: a fraction of the parameters to remove in (0, 1), got {target_params}")
     if not 0.0 <= floor < 1.0:
@@ -355,8 +366,17 @@ def prune_channels(model: nn.Module, data=None, *, target_macs: float | str | No
     scores = S.saliency(model, crit, iter(data) if data is not None else None, teacher=_freeze(teacher),
                         objective=_distillation(alpha, temperature, kd_loss, kd_std),
                         num_batches=score_batch_count(num_batches, len(data)) if data is not None else None, seed=seed)
-    plan = S.plan_channels(model, example, scores, floor=floor, round_to=round_to, target_params=target_params,
-                           target_macs=S.parse_macs_target(target_macs) if target_macs is not None else None)
+    if target_latency is not None:
+        if timer is None:
+            from kdprune.deploy.runtimes import make_timer
+
+            timer = make_timer(latency_runtime, tuple(input_shape), latency_batch)
+        plan = plan_latency(model, example, scores, parse_factor(target_latency), timer, floor=floor, round_to=round_to,
+                            prune_stem=prune_stem)
+    else:
+        plan = S.plan_channels(model, example, scores, floor=floor, round_to=round_to, target_params=target_params,
+                               prune_stem=prune_stem,
+                               target_macs=S.parse_macs_target(target_macs) if target_macs is not None else None)
     S.prune_channels(model, example, plan)
     return plan
 

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--latency", nargs="?", type=int, const=64, default=None, metavar="BATCH",
                     help="channel pruning: also time every pruned model against the dense one on this machine "
                          "(PyTorch eager, batch BATCH, default 64; --threads applies) and plot accuracy vs latency")
+    rp.add_argument("--latency-runtime", choices=["torch", "onnxruntime"], default="torch",
+                    help="with --latency: time the models in PyTorch eager (default) or ONNX Runtime")
     rp.add_argument("--latency-nchw", action="store_true",
                     help="time the models in NCHW instead of channels_last (kdprune's default layout since 0.2)")
     sub.add_parser("models", help="list the architectures")
@@ -145,7 +147,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             set_threads(args.threads)
         r = write_report(args.runs, args.out, args.published, latency_batch=args.latency,
-                         latency_channels_last=not args.latency_nchw)
+                         latency_channels_last=not args.latency_nchw, latency_runtime=args.latency_runtime)
         print(r["markdown"])
         print(f"{r['rows']} results -> {args.out}/: {', '.join(r['files'])}")
         return 0
@@ -220,7 +222,10 @@ def _run_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help, --version: printed; main returns the exit code, as for every command
+            return e.code if isinstance(e.code, int) else 0
         if not args.command:
             parser.print_help()
             return 2

@@ -66,6 +66,26 @@ def synced(check: Callable[[], T]) -> T:
     return value
 
 
+def on_rank0(fn: Callable[[], T]) -> T:
+    """``fn()`` on rank 0 alone, its result broadcast to every rank (a measurement that must be made once, so
+    that every rank acts on the same answer); a UserError on rank 0 is raised on every rank."""
+    from kdprune.errors import UserError
+
+    value, error = None, None
+    if rank() == 0:
+        try:
+            value = fn()
+        except UserError as e:
+            error = str(e)
+    if is_distributed():
+        box = [(value, error)]
+        dist.broadcast_object_list(box, src=0)
+        value, error = box[0]
+    if error is not None:
+        raise UserError(error)
+    return value
+
+
 def synced_exists(path: Path) -> bool:
     return synced(lambda: Path(path).exists())
 

@@ -169,10 +169,13 @@ def inspect(src: str | Path, arch: str | None = None, image_size: int | None = N
         report["dense_macs"], report["nonzero_macs"] = count_macs(build_model(info),
                                                                     torch.zeros(1, info["in_channels"], size, size))
         report["image_size"] = size
-    metrics = Path(info["weights"]).parent / "metrics.json"
-    if info.get("widths") and metrics.is_file():  # channel pruning: what the model was before
-        m = read_json(metrics)
-        report.update({k: m[k] for k in ("macs_before", "params_before") if k in m})
+    if info.get("widths"):  # channel pruning: what the model was before, and its latency as measured then
+        folder = Path(info["weights"]).parent
+        for f in (folder / "metrics.json", find_up(folder, "plan.json")):  # kdprune prune; a run's target folder
+            m = read_json(f) if f is not None and f.is_file() else {}
+            if "macs_before" in m:
+                report.update({k: m[k] for k in ("macs_before", "params_before", "latency") if m.get(k) is not None})
+                break
     if any(info.get(k) is not None for k in DATASET_KEYS):  # recorded by the run (dataset.json)
         report["num_classes"] = info["num_classes"]
         report.update({k: info[k] for k in DATASET_KEYS if info.get(k) is not None})
@@ -207,6 +210,14 @@ def format_inspect(r: dict) -> str:
         lines.append(f"MACs per {r['image_size']}x{r['image_size']} image: {r['dense_macs']:,} (before channel pruning "
                      f"{r['macs_before']:,}: {r['macs_before'] / max(r['dense_macs'], 1):.2f}x fewer); parameters "
                      f"{r['total_params']:,} (before {r['params_before']:,})")
+    if r.get("latency"):
+        lat = r["latency"]
+        target = f" (target {lat['target']:g}x)" if lat.get("target") else ""
+        predicted = (f"; the latency table predicted {lat['predicted_speedup']:.2f}x"
+                     if lat.get("predicted_speedup") else "")
+        lines.append(f"latency per batch of {lat['batch']}: {lat['pruned_ms']:.2f} ms against the dense model's "
+                     f"{lat['dense_ms']:.2f} ms, {lat['speedup']:.2f}x faster as measured when pruned{target}"
+                     f"{predicted} ({lat['runtime']}, {lat['threads']} thread(s), {lat['cpu']})")
     if r.get("classes") is not None:
         names = ", ".join(r["classes"][:5]) + (", ..." if len(r["classes"]) > 5 else "")
         lines.append(f"classes: {len(r['classes'])} ({names})")

@@ -21,6 +21,7 @@ import yaml
 from kdprune.choices import (
     COLT_HEADS,
     KD_LOSSES,
+    LATENCY_RUNTIMES,
     KD_STDS,
     OPTIMIZERS,
     RETRAIN,
@@ -144,6 +145,19 @@ class ChannelOptions:
                               neutral=0.1, ge=0, lt=1, used_by=("channel",))
     channel_round: int = _f(1, "channel: every group keeps a multiple of this many channels (e.g. 8; faster "
                                "kernels); 1 = no rounding", neutral=1, ge=1, used_by=("channel",))
+    channel_prune_stem: bool = _f(False, "channel: let the stem conv's output channels (the first stage's stream: "
+                                         "thin layers at full resolution, where much of a CPU's time goes) be pruned "
+                                         "too; off keeps them whole", neutral=False, used_by=("channel",))
+    target_latency: str | None = _f(None, "channel: make the model this many times faster as measured on this "
+                                          "machine in --latency-runtime, e.g. 2x (run: a comma list, 2x,3x)",
+                                    neutral=None, used_by=("channel",))
+    latency_runtime: str = _f("onnxruntime", "channel: where latency is measured: onnxruntime (CPU serving, what "
+                                             "`kdprune export --format onnx` ships; needs kdprune[export]) | torch "
+                                             "(eager, channels_last)", neutral="onnxruntime", choices=LATENCY_RUNTIMES,
+                              used_by=("channel",))
+    latency_batch: int = _f(64, "channel: the batch latency is measured at (64: the compute that channel pruning "
+                                "removes; at batch 1 a small CIFAR network's CPU time is mostly per-layer overhead)",
+                            neutral=64, ge=1, used_by=("channel",))
 
 
 @dataclass
@@ -333,14 +347,25 @@ def _validate(cfg) -> None:
 def _validate_channel(cfg) -> None:
     from kdprune.pruning.structured import STRUCTURED_CRITERIA, channel_criterion, parse_macs_target
 
-    if (cfg.target_macs is None) == (cfg.target_params is None):
-        raise UserError("--structure channel needs exactly one target: --target-macs (e.g. 2x) or --target-params")
-    if cfg.target_macs is not None:
-        targets = str(cfg.target_macs).split(",")
-        if len(targets) > 1 and not hasattr(cfg, "rate"):
-            raise UserError("prune takes one --target-macs; `kdprune run` takes a comma list")
-        for t in targets:
-            parse_macs_target(t)
+    from kdprune.pruning.latency import parse_factor
+
+    if sum(t is not None for t in (cfg.target_macs, cfg.target_params, cfg.target_latency)) != 1:
+        raise UserError("--structure channel needs exactly one target: --target-macs (e.g. 2x), --target-params or "
+                        "--target-latency (e.g. 2x)")
+    for name, parse in (("target_macs", parse_macs_target), ("target_latency", parse_factor)):
+        if getattr(cfg, name) is not None:
+            targets = str(getattr(cfg, name)).split(",")
+            if len(targets) > 1 and not hasattr(cfg, "rate"):
+                raise UserError(f"prune takes one --{name.replace('_', '-')}; `kdprune run` takes a comma list")
+            for t in targets:
+                parse(t)
+    if cfg.target_latency is not None and cfg.latency_runtime == "onnxruntime":
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+            from kdprune.deploy.runtimes import ORT_INSTALL_HINT
+
+            raise UserError(ORT_INSTALL_HINT)
     if cfg.target_params is not None and not 0.0 < cfg.target_params < 1.0:
         raise UserError(f"target_params: a fraction of the parameters to remove in (0, 1), got {cfg.target_params}")
     from kdprune.methods import METHODS

@@ -34,13 +34,14 @@ def _model_key(row: dict) -> tuple:
     return info["arch"], info["num_classes"], info["in_channels"], int(info["image_size"]), widths
 
 
-def measure(rows: list[dict], batch: int = 64, repeats: int = 30,
-            channels_last: bool = True) -> dict[int, tuple[float, float, float]]:
+def measure(rows: list[dict], batch: int = 64, repeats: int = 30, channels_last: bool = True,
+            runtime: str = "torch") -> dict[int, tuple[float, float, float]]:
     """``id(row) -> (median seconds of the row's model, median seconds of its dense model, speed-up)`` for
     every channel-pruning row (and twin). Each distinct model is built once; all are timed interleaved,
     each sample long enough (about 50 ms) to average out scheduler noise, and the speed-up is the median
     over rounds of the dense-to-pruned ratio within a round, which cancels the machine's drift."""
     from kdprune.deploy.latency import eager_forward, interleaved_times
+    from kdprune.deploy.runtimes import make_timer
     from kdprune.models import create_model
     from kdprune.pruning.structured import apply_widths
 
@@ -54,7 +55,10 @@ def measure(rows: list[dict], batch: int = 64, repeats: int = 30,
         m = create_model(arch, nc, in_ch)
         if widths != "dense":
             apply_widths(m, json.loads(widths))
-        fns[(arch, nc, in_ch, size, widths)] = eager_forward(m, torch.randn(batch, in_ch, size, size), channels_last)
+        if runtime == "torch":
+            fns[(arch, nc, in_ch, size, widths)] = eager_forward(m, torch.randn(batch, in_ch, size, size), channels_last)
+        else:
+            fns[(arch, nc, in_ch, size, widths)] = make_timer(runtime, (in_ch, size, size), batch).runner(m)
     one = max(statistics.median(v) for v in interleaved_times(fns, repeats=3, warmup=2).values())
     times = interleaved_times(fns, repeats=repeats, warmup=0, inner=max(1, math.ceil(0.05 / max(one, 1e-6))))
     out = {}
@@ -82,23 +86,29 @@ def latency_points(rows: list[dict], labels: dict[int, str], times: dict[int, tu
     return out
 
 
-def where(batch: int, channels_last: bool = True) -> str:
+def where(batch: int, channels_last: bool = True, runtime: str = "torch") -> str:
     from kdprune.deploy.latency import cpu_name
 
     layout = "channels_last" if channels_last else "NCHW"
-    return f"PyTorch eager ({layout}), batch {batch}, {torch.get_num_threads()} thread(s) on {cpu_name()}"
+    name = f"PyTorch eager ({layout})" if runtime == "torch" else "ONNX Runtime (CPU)"
+    return f"{name}, batch {batch}, {torch.get_num_threads()} thread(s) on {cpu_name()}"
 
 
-def latency_markdown(points: dict, batch: int, channels_last: bool = True) -> str:
+def latency_markdown(points: dict, how: str, source: str = "report") -> str:
+    """The table of accuracy against latency; ``how`` says where it was measured, ``source`` when: ``report``
+    (every model re-timed by `kdprune report --latency`) or ``recorded`` (by each run, when it pruned)."""
     lines = []
     for dataset, arch in sorted({k[:2] for k in points}):
         keys = [k for k in points if k[:2] == (dataset, arch)]
         dense_ms = statistics.fmean(points[k]["dense_ms"] for k in keys)
         dense_top1 = statistics.fmean(points[k]["dense_top1"] for k in keys)
-        lines += [f"### {dataset}, {arch}: accuracy against measured latency", "",
-                  f"Measured by `kdprune report --latency` ({where(batch, channels_last)}): every model timed in interleaved "
+        when = ("Measured by `kdprune report --latency`" if source == "report" else
+                 "Measured by each run when it pruned (recorded in its rows)")
+        same = "in the same run" if source == "report" else "dense and pruned interleaved in each run"
+        lines += [f"### {dataset}, {arch}: accuracy against measured latency ({how.split(',')[0]})", "",
+                  f"{when} ({how}): every model timed in interleaved "
                   f"rounds, speed-up = the median over rounds of the dense model's time over the pruned one's "
-                  f"(mean over seeds), measured in the same run. Dense "
+                  f"(mean over seeds), {same}. Dense "
                   f"student: {dense_top1:.2f}% at {dense_ms:.2f} ms per batch.", "",
                   "| method (regime) | target | top-1 | vs dense | ms per batch | speed-up |",
                   "|---|---|---:|---:|---:|---:|"]
@@ -110,7 +120,7 @@ def latency_markdown(points: dict, batch: int, channels_last: bool = True) -> st
     return "\n".join(lines)
 
 
-def plot_latency(points: dict, dataset: str, path: Path, batch: int, channels_last: bool = True) -> None:
+def plot_latency(points: dict, dataset: str, path: Path, how: str) -> None:
     """Top-1 against measured speed-up over dense, one line per method and regime through its MACs targets."""
     import matplotlib
 
@@ -129,7 +139,7 @@ def plot_latency(points: dict, dataset: str, path: Path, batch: int, channels_la
                 alpha=alpha, linewidth=2.4 if series[1] == PAPER_METHOD else 1.5,
                 label=f"{series[1]} ({series[2]})")
         for x, y, s, kind in pts:
-            ax.annotate(level(s, kind).replace(" MACs", ""), (x, y), textcoords="offset points", xytext=(4, 4),
+            ax.annotate(level(s, kind).replace(" MACs", "").replace(" latency", ""), (x, y), textcoords="offset points", xytext=(4, 4),
                         fontsize=7, color="dimgray")
     dense = statistics.fmean(points[k]["dense_top1"] for k in keys)
     ax.scatter([1.0], [dense], color="black", marker="*", s=120, zorder=4, label=f"dense student ({dense:.1f}%)")
@@ -138,21 +148,45 @@ def plot_latency(points: dict, dataset: str, path: Path, batch: int, channels_la
     ax.grid(alpha=0.3)
     ax.set_xlim(left=min(0.9, min(points[k]["speedup"] for k in keys) - 0.1))
     ax.legend(fontsize=8, loc="best")
-    ax.set_title(f"{dataset}: accuracy vs measured latency\n{where(batch, channels_last)}", fontsize=10)
+    ax.set_title(f"{dataset}: accuracy vs measured latency\n{how}", fontsize=10)
     fig.tight_layout()
     savefig(fig, path)
     plt.close(fig)
 
 
 def write_latency(rows: list[dict], out: Path, batch: int = 64, repeats: int = 30,
-                  channels_last: bool = True) -> tuple[str, list[str]]:
-    """The latency section of the report and its plots (one per dataset); returns (markdown, files). Models
-    are timed in ``channels_last`` (kdprune's training and evaluation default) or NCHW."""
+                  channels_last: bool = True, runtime: str = "torch") -> tuple[str, list[str]]:
+    """The latency section of the report and its plots (one per dataset), every model timed now in
+    ``runtime``; returns (markdown, files). Eager models run in ``channels_last`` (kdprune's training and
+    evaluation default) or NCHW."""
     labels = series_labels(rows)
-    points = latency_points(rows, labels, measure(rows, batch, repeats, channels_last))
+    points = latency_points(rows, labels, measure(rows, batch, repeats, channels_last, runtime))
+    how = where(batch, channels_last, runtime)
     files = []
     for dataset in sorted({k[0] for k in points}):
         name = f"accuracy_vs_latency_{dataset}.png"
-        plot_latency(points, dataset, out / name, batch, channels_last)
+        plot_latency(points, dataset, out / name, how)
         files.append(name)
-    return latency_markdown(points, batch, channels_last), files
+    return latency_markdown(points, how), files
+
+
+def write_recorded_latency(rows: list[dict], out: Path) -> tuple[str, list[str]]:
+    """Accuracy against the latency each channel run measured when it pruned (the rows' ``latency_*``), one
+    table and plot per dataset and runtime (speed-ups measured in different runtimes are not comparable);
+    returns (markdown, files), empty when no row carries a measured latency."""
+    recorded = [r for r in rows if r.get("latency_speedup") is not None]
+    labels = series_labels(rows)
+    md, files = [], []
+    for runtime in sorted({r["latency_runtime"] for r in recorded}):
+        mine = [r for r in recorded if r["latency_runtime"] == runtime]
+        times = {id(r): (r["latency_ms"] / 1e3, r["dense_latency_ms"] / 1e3, r["latency_speedup"]) for r in mine}
+        points = latency_points(mine, labels, times)
+        setups = sorted({(r["latency_batch"], r["latency_threads"], r["latency_cpu"]) for r in mine})
+        name = "PyTorch eager" if runtime == "torch" else "ONNX Runtime (CPU)"
+        how = f"{name}, " + "; ".join(f"batch {b}, {t} thread(s) on {c}" for b, t, c in setups)
+        md.append(latency_markdown(points, how, source="recorded"))
+        for dataset in sorted({k[0] for k in points}):
+            fname = f"accuracy_vs_recorded_latency_{dataset}_{runtime}.png"
+            plot_latency(points, dataset, out / fname, how)
+            files.append(fname)
+    return "\n".join(md), files

@@ -15,6 +15,7 @@ They orchestrate folders and files on top of the library: the recipes themselves
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 
@@ -153,6 +154,10 @@ def run_pipeline(cfg: RunConfig, callbacks=()) -> list[dict]:
         if path:
             load_weights(build_model(arch, env, cfg.seed), path, arch, env.data.num_classes)
     _check_models(env, cfg.seed, {"student": cfg.arch, "teacher": cfg.teacher_arch})
+    if cfg.structure == "channel" and cfg.target_latency is not None and not cfg.resume:
+        from kdprune.methods.structured import check_reachable
+
+        check_reachable(cfg, env)  # before anything trains: an unreachable target is one line
     out = prepare_out(cfg, "run", env.is_main)
     if env.is_main:  # what the model expects: class names and the normalisation of the training split
         write_json(out / "dataset.json", env.data.describe())
@@ -181,9 +186,21 @@ def prune_channels_checkpoint(cfg: PruneConfig) -> dict:
     scores = S.saliency(model, criterion, iter(env.score_loader(cfg.seed)), teacher=teacher,
                         objective=distillation(cfg), num_batches=score_batches(cfg, env),
                         seed=cfg.seed)
-    plan = S.plan_channels(model, example, scores, floor=cfg.channel_floor, round_to=cfg.channel_round,
-                           target_params=cfg.target_params,
-                           target_macs=S.parse_macs_target(cfg.target_macs) if cfg.target_macs else None)
+    from kdprune.methods.structured import make_timer, targets
+    from kdprune.pruning.latency import measure_plan, plan_latency
+
+    target = targets(cfg)[0]
+    timer = make_timer(cfg, env.data, required=target.latency is not None)
+    if target.latency is not None:
+        plan = plan_latency(model, example, scores, target.latency, timer, floor=cfg.channel_floor,
+                            prune_stem=cfg.channel_prune_stem,
+                            round_to=cfg.channel_round, log=lambda m: log(env, m))
+    else:
+        plan = S.plan_channels(model, example, scores, floor=cfg.channel_floor, round_to=cfg.channel_round,
+                               prune_stem=cfg.channel_prune_stem,
+                               target_params=cfg.target_params, target_macs=target.macs)
+        if timer is not None:
+            plan.latency = measure_plan(model, S.prune_channels(copy.deepcopy(model), example, plan), timer)
     S.prune_channels(model, example, plan)
     top1 = evaluate(model, env.test, cfg.amp)["top1"]
     metrics = {"method": cfg.method, "structure": "channel", "dataset": cfg.dataset, "arch": cfg.arch,
@@ -192,7 +209,10 @@ def prune_channels_checkpoint(cfg: PruneConfig) -> dict:
         save_tensors(out / "model.safetensors", model.state_dict(), {"format": "kdprune-model-v1"})
         write_json(out / "widths.json", {"arch": cfg.arch, "widths": S.channel_widths(model)})
         write_json(out / "metrics.json", metrics)
+    lat = plan.latency or {}
+    speed = (f", measured {lat['speedup']:.2f}x faster in {lat['runtime']} at batch {lat['batch']} "
+             f"({lat['dense_ms']:.2f} -> {lat['pruned_ms']:.2f} ms)") if lat else ""
     log(env, f"{cfg.method} channel pruning: MACs {plan.macs_before:,} -> {plan.macs_after:,} "
-             f"({plan.macs_reduction:.2f}x), parameters {plan.params_before:,} -> {plan.params_after:,}; top-1 "
+             f"({plan.macs_reduction:.2f}x), parameters {plan.params_before:,} -> {plan.params_after:,}{speed}; top-1 "
              f"{dense_top1:.2f}% -> {top1:.2f}% (no retraining) -> {out}")
     return metrics

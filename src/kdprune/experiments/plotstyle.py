@@ -12,11 +12,17 @@ from kdprune.io import atomic_path
 from kdprune.methods.registry import PAPER_METHOD
 
 
+LEVEL_NAMES = {"macs": "MACs reduction", "params": "parameters removed", "latency": "latency target (speed-up asked)",
+               "factor": "MACs or latency target"}  # the x axis of channel-pruning results, by target kind
+
+
 def level(s: float, channel: bool | str) -> str:
     """A column or tick label: ``90%`` of the weights, ``2x MACs`` (fewer MACs, channel pruning) or
     ``50% params`` (of the parameters removed, channel pruning to ``--target-params``)."""
     if channel == "params":
         return f"{s:.0%} params"
+    if channel in ("latency", "factor"):
+        return f"{1 / (1 - s):.3g}x" + (" latency" if channel == "latency" else "")
     return f"{1 / (1 - s):.3g}x MACs" if channel else f"{s:.0%}"
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 from kdprune.errors import UserError
 from kdprune.io import find_up, read_json, read_jsonl, write_text
 from kdprune.experiments.plotstyle import (
-    method_colors,
+    LEVEL_NAMES,
     density_axis,
     level,
+    method_colors,
     savefig,
     series_color,
     series_labels,
@@ -126,7 +127,9 @@ def _channel_only(agg: dict, dataset: str, arch: str | None = None) -> str:
     """``"macs"`` (or ``"params"``) when every result of ``dataset`` (and ``arch``) is channel pruning to a
     MACs (parameter) target: levels are MACs reductions (fractions of parameters); else ``""``."""
     kinds = {agg[k].get("channel") for k in agg if k[0] == dataset and (arch is None or k[1] == arch)}
-    return kinds.pop() if len(kinds) == 1 and None not in kinds else ""
+    if None in kinds or not kinds:
+        return ""
+    return kinds.pop() if len(kinds) == 1 else "factor" if "params" not in kinds else ""
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -483,7 +486,7 @@ def _plot_panels(agg: dict, dataset: str, path: Path, panels: list[tuple[str, li
     dense = statistics.fmean(agg[k]["dense"] for k in ref)
     ticks = sorted({k[4] for k in keys})
     kind = _channel_only(agg, dataset)
-    what = {"macs": "MACs reduction", "params": "parameters removed"}.get(kind, "sparsity")
+    what = LEVEL_NAMES.get(kind, "sparsity")
     ncols = min(len(panels), 3)
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 6.6 * nrows), squeeze=False)
@@ -518,7 +521,7 @@ def _plot_panels(agg: dict, dataset: str, path: Path, panels: list[tuple[str, li
 def plot_accuracy(agg: dict, dataset: str, path: Path) -> None:
     """The main figure: accuracy against sparsity, the paper's method against each family of methods."""
     kind = _channel_only(agg, dataset)
-    what = {"macs": "MACs reduction", "params": "parameters removed"}.get(kind, "sparsity")
+    what = LEVEL_NAMES.get(kind, "sparsity")
     _plot_panels(agg, dataset, path, comparison_panels(agg, dataset), f"accuracy vs {what}")
 
 
@@ -576,7 +579,8 @@ def plot_radar(agg: dict, path: Path, levels=RADAR_LEVELS) -> bool:
 
 
 def write_report(paths: list[str | Path], out: str | Path, published: str | Path | None = None,
-                 latency_batch: int | None = None, latency_channels_last: bool = True) -> dict:
+                 latency_batch: int | None = None, latency_channels_last: bool = True,
+                 latency_runtime: str = "torch") -> dict:
     """Write the report of the results under ``paths`` into ``out``; ``latency_batch`` adds accuracy
     against latency measured here (:mod:`kdprune.experiments.latency_report`)."""
     out = Path(out)
@@ -595,10 +599,15 @@ def write_report(paths: list[str | Path], out: str | Path, published: str | Path
     if classes:
         md = md.rstrip("\n") + "\n\n" + classes
     written = ["results.csv", "results.md"]
-    if latency_batch:
-        from kdprune.experiments.latency_report import write_latency
+    from kdprune.experiments.latency_report import write_latency, write_recorded_latency
 
-        lat_md, files = write_latency(rows, out, latency_batch, channels_last=latency_channels_last)
+    rec_md, files = write_recorded_latency(rows, out)  # what each channel run measured when it pruned
+    if rec_md:
+        md = md.rstrip("\n") + "\n\n" + rec_md
+        written += files
+    if latency_batch:
+        lat_md, files = write_latency(rows, out, latency_batch, channels_last=latency_channels_last,
+                                      runtime=latency_runtime)
         md = md.rstrip("\n") + "\n\n" + lat_md
         written += files
     write_text(out / "results.md", md)

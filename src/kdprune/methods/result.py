@@ -72,6 +72,16 @@ class ResultRow:
     macs_before: int | None = _extra()
     macs_reduction: float | None = _extra()
     params: int | None = _extra()
+    # measured latency of a channel-pruned model against the dense one (and the target it was pruned to)
+    target_latency: float | None = _extra()
+    latency_runtime: str | None = _extra()
+    latency_batch: int | None = _extra()
+    latency_threads: int | None = _extra()
+    latency_cpu: str | None = _extra()
+    dense_latency_ms: float | None = _extra()
+    latency_ms: float | None = _extra()
+    latency_speedup: float | None = _extra()
+    predicted_speedup: float | None = _extra()
 
     @classmethod
     def columns(cls) -> list[str]:
@@ -117,7 +127,10 @@ def is_channel_row(row: dict) -> bool:
 
 
 def channel_kind(rows: list[dict]) -> str | None:
-    """``"macs"``/``"params"`` when all ``rows`` are channel pruning (or its twin) to that kind of target."""
+    """``"macs"``/``"latency"``/``"params"`` when all ``rows`` are channel pruning (or its twin) to that kind of
+    target (``"factor"`` for MACs and latency targets together)."""
     if not all(map(is_channel_row, rows)):
         return None
-    return "params" if all(r.get("target_macs") is None for r in rows) else "macs"
+    kinds = {"latency" if r.get("target_latency") is not None else "macs" if r.get("target_macs") is not None
+             else "params" for r in rows}
+    return kinds.pop() if len(kinds) == 1 else "factor" if "params" not in kinds else None

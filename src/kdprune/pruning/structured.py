@@ -149,15 +149,17 @@ class ChannelPlan:
     macs_after: int = 0
     params_before: int = 0
     params_after: int = 0
+    latency: dict | None = None  # measured (and, for a latency target, predicted) speed-up: pruning.latency
 
     @property
     def macs_reduction(self) -> float:
         return self.macs_before / max(self.macs_after, 1)
 
     def to_dict(self) -> dict:
-        return {"removals": self.removals, "macs_before": self.macs_before, "macs_after": self.macs_after,
-                "params_before": self.params_before, "params_after": self.params_after,
-                "macs_reduction": self.macs_reduction}
+        out = {"removals": self.removals, "macs_before": self.macs_before, "macs_after": self.macs_after,
+               "params_before": self.params_before, "params_after": self.params_after,
+               "macs_reduction": self.macs_reduction}
+        return {**out, "latency": self.latency} if self.latency is not None else out
 
 
 def parse_macs_target(text: str | float) -> float:
@@ -181,11 +183,42 @@ def _ignored(model: nn.Module, keep_first: bool = True) -> list[nn.Module]:
     return [modules[n] for n in (last, first if keep_first else None) if n is not None]
 
 
-def _groups(model: nn.Module, example_input: torch.Tensor):
+def _groups(model: nn.Module, example_input: torch.Tensor, prune_stem: bool = False):
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input[:1])
     names = {m: n for n, m in model.named_modules()}
-    groups = list(dg.get_all_groups(ignored_layers=_ignored(model), root_module_types=[nn.Conv2d, nn.Linear]))
+    groups = list(dg.get_all_groups(ignored_layers=_ignored(model, keep_first=not prune_stem),
+                                    root_module_types=[nn.Conv2d, nn.Linear]))
     return dg, names, groups
+
+
+@dataclass
+class ChannelGroup:
+    """A dependency group whose channels go together: its root layer's name, the group importance of each of
+    its ``importance.numel()`` channels, the fewest it keeps (the floor), and its Torch-Pruning group."""
+
+    root: str
+    importance: torch.Tensor
+    keep_min: int
+    group: object = field(repr=False, default=None)
+
+    @property
+    def size(self) -> int:
+        return self.importance.numel()
+
+
+def channel_groups(model: nn.Module, example_input: torch.Tensor, scores: dict[str, torch.Tensor],
+                   floor: float, prune_stem: bool = False) -> list[ChannelGroup]:
+    """The prunable dependency groups of ``model`` in Torch-Pruning's order, each with its channels' group
+    saliency (:class:`GroupSaliency` over ``scores``) and its floor (``ceil(floor * channels)``, at least 1).
+    ``prune_stem``: the stem conv's output channels (the first stage's stream) are prunable too."""
+    dg, names, groups = _groups(model, example_input, prune_stem)
+    imp_fn = GroupSaliency({p: scores[n] for n, p in model.named_parameters() if n in scores})
+    out = []
+    for g in groups:
+        imp = imp_fn(g)
+        if imp is not None:
+            out.append(ChannelGroup(names[g[0].dep.target.module], imp, max(1, math.ceil(floor * len(imp) - 1e-9)), g))
+    return out
 
 
 def _apply(model: nn.Module, example_input: torch.Tensor, removals: dict[str, list[int]]) -> nn.Module:
@@ -203,13 +236,14 @@ def _apply(model: nn.Module, example_input: torch.Tensor, removals: dict[str, li
 
 def plan_channels(model: nn.Module, example_input: torch.Tensor, scores: dict[str, torch.Tensor], *,
                   target_macs: float | None = None, target_params: float | None = None,
-                  floor: float = 0.1, round_to: int = 1) -> ChannelPlan:
+                  floor: float = 0.1, round_to: int = 1, prune_stem: bool = False) -> ChannelPlan:
     """One global ranking of channels by group saliency, cut where the target is first reached.
 
     ``target_macs``: the MACs must shrink by this factor (> 1). ``target_params``: this fraction of the
     parameters must go (0 < f < 1). ``floor``: every group keeps at least this fraction of its channels.
     ``round_to`` > 1 (an option): every group keeps a multiple of it (or all its channels), putting back its
-    most important removed channels; CPU and GPU kernels run such widths faster.
+    most important removed channels; CPU and GPU kernels run such widths faster. ``prune_stem`` (an option):
+    the stem conv's output channels may go too (kept whole by default).
     """
     if round_to < 1:
         raise UserError(f"channel round: must be at least 1, got {round_to}")
@@ -219,19 +253,11 @@ def plan_channels(model: nn.Module, example_input: torch.Tensor, scores: dict[st
         raise UserError(f"target_params: a fraction of the parameters to remove in (0, 1), got {target_params}")
     if not 0.0 <= floor < 1.0:
         raise UserError(f"channel floor: must lie in [0, 1), got {floor}")
-    dg, names, groups = _groups(model, example_input)
-    by_param = {p: scores[n] for n, p in model.named_parameters() if n in scores}
-    imp_fn = GroupSaliency(by_param)
     candidates = []  # (importance, group order, channel, root name)
     keep_min = {}
-    for gi, g in enumerate(groups):
-        imp = imp_fn(g)
-        if imp is None:
-            continue
-        root = names[g[0].dep.target.module]
-        n = len(imp)
-        keep_min[root] = max(1, math.ceil(floor * n - 1e-9))
-        candidates += [(float(v), gi, c, root) for c, v in enumerate(imp.tolist())]
+    for gi, g in enumerate(channel_groups(model, example_input, scores, floor, prune_stem)):
+        keep_min[g.root] = g.keep_min
+        candidates += [(float(v), gi, c, g.root) for c, v in enumerate(g.importance.tolist())]
     candidates.sort(key=lambda t: (t[0], t[1], t[2]))
     budget = {r: sum(1 for c in candidates if c[3] == r) - keep_min[r] for r in keep_min}
     order = []
