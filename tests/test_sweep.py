@@ -197,3 +197,30 @@ def test_cifar10_cpu_benchmark_configs_are_valid_and_share_their_stages():
           if c.method == "teacher-guided"}
     assert {("finetune", 1, 0.0, "none", 3), ("lr-rewind", 1, 0.0, "none", 3), ("restart", 10, 0.0, "none", 3),
             ("restart", 1, 0.01, "none", 3), ("restart", 1, 0.0, "l2", 3), ("restart", 1, 0.0, "none", 1)} <= tg
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_while_it_runs_is_one_line_and_the_others_go_on(tmp_path, run_cli, monkeypatch):
+    monkeypatch.setenv("KDPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    f = tmp_path / "sweep.yaml"
+    f.write_text(f"""out: {tmp_path / "out"}
+grid:
+  target_latency: [50x, 1.1x]
+base:
+  structure: channel
+  method: magnitude
+  latency_runtime: torch
+  teacher_arch: resnet20
+  teacher_epochs: 1
+  student_epochs: 1
+  retrain_epochs: 1
+  batch_size: 128
+  retrain: plain
+""")
+    code, out, err = run_cli("--threads", "1", "sweep", f)
+    assert code == 1, err
+    failed = [line for line in out.splitlines() if "FAILED" in line]
+    assert len(failed) == 1 and "--target-latency 50x is out of reach" in failed[0]
+    assert "1 run failed" in out and out.count(" 1 new results") == 1
+    con = sqlite3.connect(str(tmp_path / "out" / "results.sqlite"))
+    assert [r[0] for r in con.execute("SELECT target_latency FROM results")] == [1.1]

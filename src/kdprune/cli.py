@@ -182,8 +182,9 @@ def _sweep(args: argparse.Namespace) -> int:
         if flags or args.no_wait:
             given = ["--slurm-" + k.replace("_", "-") for k in flags] + ["--no-wait"] * args.no_wait
             raise UserError(f"{given[0]} applies to --launcher slurm only")
-        run_sweep(args.sweep, args.jobs or 1, args.dry_run, log=log, threads=args.threads)
-        return 0
+        failed: list = []
+        run_sweep(args.sweep, args.jobs or 1, args.dry_run, log=log, threads=args.threads, failed=failed)
+        return 1 if failed else 0
     if args.jobs is not None:
         raise UserError("--jobs is for --launcher local; on Slurm every run is a job (see --slurm-array-parallelism)")
     opts = cluster.build_options(block, flags, source=f"{args.sweep}: slurm")

@@ -203,12 +203,21 @@ def _clean_finished(done: list[RunConfig], log) -> None:
         log(f"removed {n} temporary file{'s' * (n > 1)} that killed writers left in finished runs")
 
 
-def _worker(args) -> tuple[str, int]:
+def _run_or_fail(cfg: RunConfig, out: Path) -> tuple[int, str | None]:
+    """``(new store rows, None)``, or ``(0, the one-line error)`` when the run stops on a UserError found
+    while it runs (e.g. a latency target out of reach as measured): that run fails, the sweep goes on."""
+    try:
+        return _run_one(cfg, out), None
+    except UserError as e:
+        return 0, str(e)
+
+
+def _worker(args) -> tuple[str, int, str | None]:
     import torch
 
     cfg, out, threads = args
     torch.set_num_threads(threads)
-    return run_id(cfg), _run_one(cfg, out)
+    return (run_id(cfg), *_run_or_fail(cfg, out))
 
 
 def gpu_plan(jobs: int, n_gpus: int) -> list[int]:
@@ -262,9 +271,12 @@ def _check_recorded_layout(path, out: Path, configs: list[RunConfig]) -> None:
                             f"'channels_last: {str(planned).lower()}' to start new runs beside them")
 
 
-def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print, threads: int | None = None) -> list[dict]:
+def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print, threads: int | None = None,
+              failed: list | None = None) -> list[dict]:
     """Run (or resume) every grid point of ``path``; ``threads`` is the total over the ``jobs`` workers
-    (default: the idle cores, :mod:`kdprune.threads`)."""
+    (default: the idle cores, :mod:`kdprune.threads`). A run that stops on a UserError is one ``FAILED`` line
+    and the others go on; ``failed`` (a list) receives ``(run id, message)`` for each."""
+    failed = [] if failed is None else failed
     out, configs = load_sweep(path)
     _check_recorded_layout(path, out, configs)
     if jobs < 1:
@@ -317,8 +329,12 @@ def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print,
         for (stage, d), cfg in order:
             _train_shared(out, cfg, stage, dict(_shared_stages(cfg))[stage])
         for cfg in todo:
-            n = _run_one(cfg, out)
-            log(f"run {run_id(cfg)} ({cfg.method}, seed {cfg.seed}): {n} new results")
+            n, error = _run_or_fail(cfg, out)
+            if error:
+                failed.append((run_id(cfg), error))
+                log(f"run {run_id(cfg)} ({cfg.method}, seed {cfg.seed}): FAILED: {error}")
+            else:
+                log(f"run {run_id(cfg)} ({cfg.method}, seed {cfg.seed}): {n} new results")
     else:
         import multiprocessing as mp
 
@@ -335,8 +351,10 @@ def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print,
             for phase in ("teacher", "dense-ce", "student"):
                 pool.map(_shared_worker, [(out, cfg, stage, dict(_shared_stages(cfg))[stage], threads)
                                           for (stage, d), cfg in order if stage == phase])
-            for rid, n in pool.imap_unordered(_worker, [(cfg, out, threads) for cfg in todo]):
-                log(f"run {rid}: {n} new results")
+            for rid, n, error in pool.imap_unordered(_worker, [(cfg, out, threads) for cfg in todo]):
+                if error:
+                    failed.append((rid, error))
+                log(f"run {rid}: FAILED: {error}" if error else f"run {rid}: {n} new results")
     # runs finished earlier but missing from the store (e.g. killed between finishing and recording)
     for cfg in configs:
         if distributed.rank() == 0 and status(cfg) == "done":
@@ -344,4 +362,6 @@ def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print,
     barrier()
     rows = all_rows(out / "results.sqlite")
     log(f"{len(rows)} results in {out / 'results.sqlite'}; `kdprune report {out}/runs --out REPORT` for tables")
+    if failed:
+        log(f"{len(failed)} run{'s' * (len(failed) > 1)} failed: " + "; ".join(f"{rid}: {e}" for rid, e in failed))
     return rows

@@ -22,7 +22,7 @@ from kdprune.distributed import all_gather_object, barrier, synced
 from kdprune.errors import UserError
 from kdprune.io import append_jsonl, read_json, save_tensors, write_json, write_yaml
 from kdprune.losses import CrossEntropy, Distillation
-from kdprune.methods.recipe import DENSE_CE, STUDENT
+from kdprune.methods.recipe import DENSE_CE, STUDENT, TEACHER
 from kdprune.methods.result import Cost, ResultRow
 from kdprune.models import create_model
 from kdprune.models.weights import load_weights
@@ -134,7 +134,7 @@ class Stages:
 
     def get(self, stage: str) -> tuple[torch.nn.Module, dict]:
         """A stage by name (:mod:`kdprune.methods.recipe`'s TEACHER, STUDENT, DENSE_CE)."""
-        return {"teacher": self.teacher, STUDENT: self.kd_student, DENSE_CE: self.dense_ce}[stage]()
+        return {TEACHER: self.teacher, STUDENT: self.kd_student, DENSE_CE: self.dense_ce}[stage]()
 
     def teacher(self) -> tuple[torch.nn.Module, dict]:
         """The teacher (loaded or trained once) and its metrics."""

@@ -166,19 +166,11 @@ def build_problem(model: nn.Module, example_input: torch.Tensor, groups: list, r
     widths, with each layer's input size recorded on ``example_input``."""
     from kdprune.pruning.structured import _IN, _OUT
 
+    from kdprune.models.macs import trace_layers
+
     in_hw: dict[nn.Module, tuple[int, int]] = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: in_hw.__setitem__(m, tuple(i[0].shape[2:4]) if i[0].dim() == 4
-                                                                      else (1, 1)))
-             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_input[:1])
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
+    trace_layers(model, example_input,
+                 lambda m, i, o: in_hw.__setitem__(m, tuple(i[0].shape[2:4]) if i[0].dim() == 4 else (1, 1)))
     layers: dict[nn.Module, Layer] = {}
     for name, m in model.named_modules():
         if m not in in_hw:
@@ -316,16 +308,11 @@ class LatencyResult:
         return asdict(self)
 
 
-def parse_factor(text: str | float, name: str = "target_latency") -> float:
-    """``"2x"``, ``"2"`` or ``2.0`` -> 2.0: a speed-up factor, which must be above 1."""
-    raw = str(text).strip().lower().removesuffix("x")
-    try:
-        v = float(raw)
-    except ValueError:
-        raise UserError(f"{name}: expected a speed-up factor like 2x or 3x, got {text!r}") from None
-    if not math.isfinite(v) or v <= 1.0:
-        raise UserError(f"{name}: the model must get faster by a factor above 1x, got {text!r}")
-    return v
+def parse_factor(text: str | float) -> float:
+    """``"2x"``, ``"2"`` or ``2.0`` -> 2.0: the speed-up a latency target asks for (above 1)."""
+    from kdprune.pruning.structured import parse_target
+
+    return parse_target(text, "target_latency", "a speed-up factor like 2x or 3x", "the model must get faster")
 
 
 def describe(key: dict) -> str:
@@ -356,28 +343,21 @@ def plan_latency(model: nn.Module, example_input: torch.Tensor, scores: dict[str
     log(f"latency table: {len(table.entries)} layer timings ({table.measured} measured now, the rest cached in "
         f"{table.path}) for {describe(key)}")
     full = predict(problem, table.seconds, problem.sizes)
+    floor_w = [min(problem.widths(g)) for g in range(len(problem.sizes))]
     tried: dict[float, tuple] = {}
 
     def attempt(c: float):
-        """Allocate for the predicted speed-up target*c, build it and time it against the dense model."""
+        """Allocate for the predicted speed-up target*c (beyond what the floor allows in prediction: the floor
+        itself), build it and time it against the dense model."""
         if c not in tried:
-            w = allocate(problem, table.seconds, full / (target * c))
-            if w is None:
-                tried[c] = (None, None, None, None)
-            else:
-                pruned = _apply(copy.deepcopy(model), example_input, removals(problem, w))
-                tried[c] = (w, pruned, timer.compare(model, pruned), full / predict(problem, table.seconds, w))
+            w = allocate(problem, table.seconds, full / (target * c)) or floor_w
+            pruned = _apply(copy.deepcopy(model), example_input, removals(problem, w))
+            tried[c] = (w, pruned, timer.compare(model, pruned), full / predict(problem, table.seconds, w))
         return tried[c]
 
-    floor_w = [min(problem.widths(g)) for g in range(len(problem.sizes))]
     c, ok, fail = 1.0, None, None
     for _ in range(attempts):
         w, pruned, measured, predicted = attempt(c)
-        if w is None:  # beyond what the floor allows in prediction: try the floor itself
-            w, pruned = floor_w, _apply(copy.deepcopy(model), example_input, removals(problem, floor_w))
-            measured = timer.compare(model, pruned)
-            predicted = full / predict(problem, table.seconds, w)
-            tried[c] = (w, pruned, measured, predicted)
         speedup = measured[2]
         log(f"  budget x{c:.3f}: predicted {predicted:.2f}x, measured {speedup:.2f}x (target {target:g}x)")
         if speedup >= target:
@@ -399,7 +379,7 @@ def plan_latency(model: nn.Module, example_input: torch.Tensor, scores: dict[str
         else:  # missed: tighten by the measured shortfall
             c = fail * min(target / speedup * 1.02, 1.6)
     if ok is None:
-        best = max((v[2][2] for v in tried.values() if v[2]), default=0.0)
+        best = max((v[2][2] for v in tried.values()), default=0.0)
         raise UserError(f"--target-latency {target:g}x was not met in {attempts} measured tries (best {best:.2f}x, "
                         f"{describe(key)}); the machine may be busy: run it alone, or ask for less")
     w, pruned, (d, p, speedup), predicted = tried[ok]

@@ -162,16 +162,22 @@ class ChannelPlan:
         return {**out, "latency": self.latency} if self.latency is not None else out
 
 
-def parse_macs_target(text: str | float) -> float:
-    """``"2x"``, ``"2"`` or ``2.0`` -> 2.0: the factor by which MACs must shrink (more than 1)."""
+def parse_target(text: str | float, name: str, expected: str, change: str) -> float:
+    """``"2x"``, ``"2"`` or ``2.0`` -> 2.0, a factor above 1; otherwise one line naming the option ``name``,
+    what was ``expected`` and what must ``change`` by the factor."""
     raw = str(text).strip().lower().removesuffix("x")
     try:
         v = float(raw)
     except ValueError:
-        raise UserError(f"target_macs: expected a reduction factor like 2x or 4x, got {text!r}") from None
+        raise UserError(f"{name}: expected {expected}, got {text!r}") from None
     if not math.isfinite(v) or v <= 1.0:
-        raise UserError(f"target_macs: the MACs must shrink by a factor above 1x, got {text!r}")
+        raise UserError(f"{name}: {change} by a factor above 1x, got {text!r}")
     return v
+
+
+def parse_macs_target(text: str | float) -> float:
+    """``"2x"``, ``"2"`` or ``2.0`` -> 2.0: the factor by which MACs must shrink (more than 1)."""
+    return parse_target(text, "target_macs", "a reduction factor like 2x or 4x", "the MACs must shrink")
 
 
 def _ignored(model: nn.Module, keep_first: bool = True) -> list[nn.Module]:
