@@ -15,7 +15,9 @@ if [ ! -f data/cifar-10-batches-py/test_batch ]; then
     exit 2
   fi
 fi
-$kdprune sweep configs/cpu/cifar10-channels-latency.yaml --jobs "${JOBS:-1}" --threads "${THREADS:-2}"
+# a run whose latency target proves out of reach as measured fails alone (one FAILED line); report the rest
+$kdprune sweep configs/cpu/cifar10-channels-latency.yaml --jobs "${JOBS:-1}" --threads "${THREADS:-2}" || \
+  echo "some runs failed (FAILED lines above); the report covers the others" >&2
 out=docs/channels-latency-cifar10
 $kdprune --threads "${THREADS:-2}" report runs/cifar10-channels-latency/runs --out "$out/onnxruntime" \
     --latency 64 --latency-runtime onnxruntime
