@@ -79,7 +79,7 @@ def _cfg(**kw):
 
 def test_every_method_has_a_recipe_object_that_says_its_stages_and_what_the_teacher_costs():
     recipes = {m.recipe.name: m.recipe for m in METHODS.values()}
-    assert set(recipes) == {"post-training", "at-init", "imp", "colt", "epsd"}
+    assert set(recipes) == {"post-training", "at-init", "imp", "colt", "epsd", "dense"}
     assert all(callable(r.run) for r in recipes.values())
     assert recipes["post-training"].stages(_cfg()) == ("teacher", "student")
     assert recipes["at-init"].stages(_cfg(retrain="both")) == ("dense-ce", "teacher")
@@ -87,6 +87,10 @@ def test_every_method_has_a_recipe_object_that_says_its_stages_and_what_the_teac
     assert recipes["epsd"].stages(_cfg(retrain="both")) == ("dense-ce",)  # its own SD loss, never the teacher
     assert [r.name for r in recipes.values() if r.pays_for_teacher] == ["post-training"]
     assert {r.name for r in recipes.values() if r.iterative} == {"imp", "colt"}
+    # the dense references: the CE student alone, or the KD student and so its teacher; each row its own reference
+    assert recipes["dense"].stages(_cfg(retrain="plain")) == ("dense-ce",)
+    assert recipes["dense"].stages(_cfg(retrain="both")) == ("teacher", "student", "dense-ce")
+    assert [recipes["dense"].reference_stage(g) for g in ("plain", "kd")] == ["dense-ce", "student"]
     channel = method_or_structured(_cfg(structure="channel", target_macs="2x"))
     assert channel.recipe.name == "channel" and channel.recipe.stages(_cfg()) == ("teacher", "student")
     assert METHODS[PAPER_METHOD].recipe.name == "post-training"

@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(PyTorch eager, batch BATCH, default 64; --threads applies) and plot accuracy vs latency")
     rp.add_argument("--latency-runtime", choices=["torch", "onnxruntime"], default="torch",
                     help="with --latency: time the models in PyTorch eager (default) or ONNX Runtime")
+    rp.add_argument("--ladder", action="store_true",
+                    help="the teacher-strength ladder instead: rows grouped by teacher, the teacher's effects "
+                         "(KD - CE student, teacher-guided - magnitude, kd - plain) against its lead over the "
+                         "dense CE student (ladder.md, ladder.csv, teacher_ladder.png)")
     rp.add_argument("--latency-nchw", action="store_true",
                     help="time the models in NCHW instead of channels_last (kdprune's default layout since 0.2)")
     sub.add_parser("models", help="list the architectures")
@@ -137,6 +141,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     if args.command in ("export", "inspect"):
         return _deploy(args)
+    if args.command == "report" and args.ladder:
+        from kdprune.experiments.ladder import write_ladder
+
+        r = write_ladder(args.runs, args.out)
+        print(r["markdown"])
+        print(f"{r['rows']} results -> {args.out}/: {', '.join(r['files'])}")
+        return 0
     if args.command == "report":
         from kdprune.experiments.report import write_report
 

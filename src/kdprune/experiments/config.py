@@ -20,6 +20,7 @@ import yaml
 
 from kdprune.choices import (
     COLT_HEADS,
+    DEFAULT_ALPHA,
     KD_LOSSES,
     LATENCY_RUNTIMES,
     KD_STDS,
@@ -99,7 +100,7 @@ class TrainConfig(CommonConfig):
 class DistillConfig:
     """distillation: L_total = alpha*KD + (1-alpha)*CE (the KD student, KD retraining, teacher-guided scores)"""
 
-    alpha: float = _f(0.9, "weight of the distillation term: L = alpha*KD + (1-alpha)*CE", ge=0, le=1,
+    alpha: float = _f(DEFAULT_ALPHA, "weight of the distillation term: L = alpha*KD + (1-alpha)*CE", ge=0, le=1,
                       stages=("student",))
     temperature: float = _f(4.0, "distillation temperature T", gt=0, stages=("student",))
     kd_loss: str = _f("ca-kld", "ca-kld (z-scored logits, the paper's) | kd (Hinton)", choices=KD_LOSSES,

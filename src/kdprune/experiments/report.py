@@ -315,7 +315,8 @@ def _family(method: str) -> str:
     m = METHODS.get(method)
     if m is None:
         return "other"
-    return "at-init" if m.recipe.iterative else m.recipe.name
+    family = "at-init" if m.recipe.iterative else m.recipe.name
+    return family if family in dict(_FAMILIES) else "other"  # e.g. the dense references
 
 
 def _main_setting(rows: list[dict]) -> tuple[str, object]:

@@ -24,8 +24,12 @@ def format_table(rows: list[dict]) -> str:
         any_r = next(iter(group.values()))
         best = max(g["top1"] for g in group.values())
         cells = [f"{s:.2%}", f"{any_r['achieved_sparsity']:.4%}",
-                 f"{any_r['nonzero_params']:,} / {any_r['total_params']:,}", f"{any_r['pruned_top1']:.2f}"]
+                 f"{any_r['nonzero_params']:,} / {any_r['total_params']:,}", _pct(any_r["pruned_top1"])]
         cells += [f"{group[g]['top1']:.2f}" if g in group else "-" for g in regimes]
         cells.append(f"{best - any_r['dense_top1']:+.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"

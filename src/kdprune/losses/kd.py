@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdprune.choices import KD_LOSSES
+from kdprune.choices import DEFAULT_ALPHA, KD_LOSSES
 from kdprune.choices import KD_STDS as STD_KINDS
 
 
@@ -75,7 +75,7 @@ class Distillation(Objective):
 
     needs_teacher = True
 
-    def __init__(self, alpha: float = 0.9, temperature: float = 4.0, kind: str = "ca-kld",
+    def __init__(self, alpha: float = DEFAULT_ALPHA, temperature: float = 4.0, kind: str = "ca-kld",
                  eps: float = 1e-7, t_squared: bool = True, *, std: str = "population"):
         from kdprune.errors import UserError, check_choice
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from kdprune.choices import DEFAULT_ALPHA
 from kdprune.distributed import all_gather_object, barrier, synced
 from kdprune.errors import UserError
 from kdprune.io import append_jsonl, read_json, save_tensors, write_json, write_yaml
@@ -97,7 +98,13 @@ def variant(cfg) -> str:
         parts.append(f"floor {cfg.layer_floor:g}")
     if getattr(cfg, "score_norm", "none") != "none":
         parts.append(f"{cfg.score_norm}-norm")
-    return ", ".join(parts)
+    return ", ".join(p for p in (*parts, alpha_variant(cfg)) if p)
+
+
+def alpha_variant(cfg) -> str:
+    """``"alpha 0.5"`` where ``L_total``'s weight is not the paper's (empty at the default)."""
+    alpha = getattr(cfg, "alpha", DEFAULT_ALPHA)
+    return "" if alpha == DEFAULT_ALPHA else f"alpha {alpha:g}"
 
 
 def sparsity_dir(out: Path, s: float) -> Path:
@@ -264,7 +271,7 @@ class RunContext:
         cfg, stages = self.cfg, self.stages
         counts = self.teacher_counts(regime)
         teacher_m = stages.teacher()[1] if counts else None
-        dense_top1 = stages.get(self.method.recipe.reference_stage())[1]["top1"]
+        dense_top1 = stages.get(self.method.recipe.reference_stage(regime))[1]["top1"]
         row = ResultRow(
             dataset=cfg.dataset, arch=cfg.arch, teacher_arch=cfg.teacher_arch, method=cfg.method, regime=regime,
             variant=variant, seed=cfg.seed, target_sparsity=s, achieved_sparsity=m["sparsity"]["sparsity"],

@@ -47,7 +47,7 @@ class Recipe:
             return DENSE_CE, TEACHER
         return (DENSE_CE,)
 
-    def reference_stage(self) -> str:
-        """The stage whose top-1 is a row's ``dense_top1``: the student that is pruned, or the dense CE
-        student of the same schedule."""
+    def reference_stage(self, regime: str = "plain") -> str:
+        """The stage whose top-1 is a row's ``dense_top1`` (in ``regime``): the student that is pruned, or
+        the dense CE student of the same schedule."""
         return STUDENT if self.pays_for_teacher else DENSE_CE

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdprune.errors import UserError
-from kdprune.methods import at_init, colt, epsd, imp, structured, teacher_guided
+from kdprune.methods import at_init, colt, dense, epsd, imp, structured, teacher_guided
 from kdprune.methods.recipe import Recipe
 
 PAPER_METHOD = "teacher-guided"  # the method the paper proposes: reports draw it first and compare to it
@@ -40,6 +40,10 @@ METHODS: dict[str, Method] = dict([
        "Han et al., Learning both Weights and Connections for Efficient Neural Networks, NeurIPS 2015"),
     _m("random", POST, "random", "one-shot random pruning of the KD student, then retraining",
        "Blalock et al., What is the State of Neural Network Pruning?, MLSys 2020"),
+    _m("dense", dense.RECIPE, "none",
+       "no pruning: the dense students as rows at sparsity 0, plain = trained with CE, kd = under the teacher "
+       "with L_total (the paper's step 2); the references the teacher's effect is measured by",
+       "Hinton et al., Distilling the Knowledge in a Neural Network, 2015 (the KD student); Alim et al. 2025"),
     _m("snip", AT_INIT, "snip", "SNIP at initialisation, then sparse training",
        "Lee et al., SNIP: Single-shot Network Pruning based on Connection Sensitivity, ICLR 2019"),
     _m("grasp", AT_INIT, "grasp", "GraSP at initialisation, then sparse training",

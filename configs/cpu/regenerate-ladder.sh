@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the teacher-strength ladder (configs/cpu/teacher-ladder-[123].yaml, in order) and the training-length sweep
+# (configs/cpu/cifar10-long.yaml) and writes their reports into docs/teacher-ladder/. Interrupt it at any
+# time; running it again resumes where it stopped. JOBS workers of 1 thread each (default 1).
+# Needs CIFAR-10 and CIFAR-100 in data/: with internet, set download: true in the YAML files; in this
+# project's workplace ../shared/data/make_cifar10.py and make_cifar100.py write them.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+kdprune=${KDPRUNE:-.venv/bin/kdprune}
+python=${PYTHON:-.venv/bin/python}
+for pair in "cifar-10-batches-py/test_batch make_cifar10.py" "cifar-100-python/test make_cifar100.py"; do
+  set -- $pair
+  if [ ! -f "data/$1" ]; then
+    if [ -f "../shared/data/$2" ]; then
+      $python "../shared/data/$2" data
+    else
+      echo "no data/$1: download it (https://www.cs.toronto.edu/~kriz/cifar.html) or set download: true" >&2
+      exit 2
+    fi
+  fi
+done
+# the CIFAR-100 benchmark's teacher, which the ladder uses as its strongest CIFAR-100 teacher
+$kdprune --threads "${THREADS:-2}" train --config configs/cpu/cifar100-teacher.yaml --resume
+for part in configs/cpu/teacher-ladder-[0-9]*.yaml; do
+  $kdprune sweep "$part" --jobs "${JOBS:-1}" --threads 1
+done
+$kdprune report runs/teacher-ladder/runs --ladder --out docs/teacher-ladder
+$kdprune sweep configs/cpu/cifar10-long.yaml --jobs "${JOBS:-1}" --threads 1
+# beside the CPU CIFAR-10 benchmark's rows at the usual length (its committed results.csv)
+$kdprune report docs/cifar10-cpu-benchmark/results.csv runs/cifar10-long/runs --out docs/teacher-ladder/training-length
