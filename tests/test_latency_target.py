@@ -119,7 +119,7 @@ def test_the_cache_key_changes_with_runtime_threads_batch_and_input_size(tmp_pat
 def test_a_measured_table_is_kept_and_a_changed_key_measures_again():
     model = create_model("resnet20", 10, 1)
     x = torch.zeros(1, 1, 8, 8)
-    groups = S.channel_groups(model, x, {n: p.abs() for n, p in model.named_parameters()}, 0.1)
+    groups = S.channel_groups(model, x, {n: p.abs() for n, p in model.named_parameters()}, S.ChannelOptions(0.1))
     problem = L.build_problem(model, x, groups)
     timer = FakeTimer()
     first = L.LatencyTable(timer)

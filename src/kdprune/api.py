@@ -348,6 +348,7 @@ def prune_channels(model: nn.Module, data=None, *, target_macs: float | str | No
         raise UserError(f"floor: must lie in [0, 1), got {floor}")
     if not isinstance(round_to, int) or round_to < 1:
         raise UserError(f"round_to: must be a whole number >= 1, got {round_to!r}")
+    options = S.ChannelOptions(floor, round_to, prune_stem)
     _distillation(alpha, temperature, kd_loss, kd_std)
     if S.needs_teacher(crit) and teacher is None:
         raise UserError("criterion 'teacher-guided' needs a teacher: prune_channels(model, data, teacher=...)")
@@ -371,11 +372,9 @@ def prune_channels(model: nn.Module, data=None, *, target_macs: float | str | No
             from kdprune.deploy.runtimes import make_timer
 
             timer = make_timer(latency_runtime, tuple(input_shape), latency_batch)
-        plan = plan_latency(model, example, scores, parse_factor(target_latency), timer, floor=floor, round_to=round_to,
-                            prune_stem=prune_stem)
+        plan = plan_latency(model, example, scores, parse_factor(target_latency), timer, options=options)
     else:
-        plan = S.plan_channels(model, example, scores, floor=floor, round_to=round_to, target_params=target_params,
-                               prune_stem=prune_stem,
+        plan = S.plan_channels(model, example, scores, target_params=target_params, options=options,
                                target_macs=S.parse_macs_target(target_macs) if target_macs is not None else None)
     S.prune_channels(model, example, plan)
     return plan

@@ -15,7 +15,6 @@ They orchestrate folders and files on top of the library: the recipes themselves
 
 from __future__ import annotations
 
-import copy
 import sys
 import time
 
@@ -186,21 +185,11 @@ def prune_channels_checkpoint(cfg: PruneConfig) -> dict:
     scores = S.saliency(model, criterion, iter(env.score_loader(cfg.seed)), teacher=teacher,
                         objective=distillation(cfg), num_batches=score_batches(cfg, env),
                         seed=cfg.seed)
-    from kdprune.methods.structured import make_timer, targets
-    from kdprune.pruning.latency import measure_plan, plan_latency
+    from kdprune.methods.structured import make_plan, make_timer, targets
 
     target = targets(cfg)[0]
     timer = make_timer(cfg, env.data, required=target.latency is not None)
-    if target.latency is not None:
-        plan = plan_latency(model, example, scores, target.latency, timer, floor=cfg.channel_floor,
-                            prune_stem=cfg.channel_prune_stem,
-                            round_to=cfg.channel_round, log=lambda m: log(env, m))
-    else:
-        plan = S.plan_channels(model, example, scores, floor=cfg.channel_floor, round_to=cfg.channel_round,
-                               prune_stem=cfg.channel_prune_stem,
-                               target_params=cfg.target_params, target_macs=target.macs)
-        if timer is not None:
-            plan.latency = measure_plan(model, S.prune_channels(copy.deepcopy(model), example, plan), timer)
+    plan = make_plan(cfg, target, model, example, scores, timer, lambda m: log(env, m))
     S.prune_channels(model, example, plan)
     top1 = evaluate(model, env.test, cfg.amp)["top1"]
     metrics = {"method": cfg.method, "structure": "channel", "dataset": cfg.dataset, "arch": cfg.arch,

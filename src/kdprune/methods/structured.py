@@ -107,8 +107,8 @@ def check_reachable(cfg, env) -> None:
     def measure() -> float:
         model = build_model(cfg.arch, env, cfg.seed).cpu().eval()
         scores = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
-        problem = build_problem(model, example, S.channel_groups(model, example, scores, cfg.channel_floor,
-                                                                 cfg.channel_prune_stem), cfg.channel_round)
+        problem = build_problem(model, example, S.channel_groups(model, example, scores, S.ChannelOptions.of(cfg)),
+                                cfg.channel_round)
         floor = [min(problem.widths(g)) for g in range(len(problem.sizes))]
         timer = make_timer(cfg, d, required=True)
         speedup = timer.compare(model, S._apply(copy.deepcopy(model), example, removals(problem, floor)))[2]
@@ -122,24 +122,24 @@ def check_reachable(cfg, env) -> None:
     log(env, f"--target-latency: at most {on_rank0(measure):.2f}x reachable at the channel floor, as measured")
 
 
-def plan_for(ctx: RunContext, target: Target, model, example, scores, timer) -> S.ChannelPlan:
-    """The channel plan of ``target``, made on rank 0 (a latency measurement is made once) and shared."""
+def make_plan(cfg, target: Target, model, example, scores, timer, log_line=lambda m: None) -> S.ChannelPlan:
+    """The channel plan of ``target`` under the run's channel options; a MACs or parameter plan records its
+    measured latency when there is a timer. Used by ``kdprune run`` and ``kdprune prune``."""
     from kdprune.pruning.latency import measure_plan, plan_latency
 
-    cfg = ctx.cfg
+    options = S.ChannelOptions.of(cfg)
+    if target.latency is not None:
+        return plan_latency(model, example, scores, target.latency, timer, options=options, log=log_line)
+    plan = S.plan_channels(model, example, scores, target_macs=target.macs, target_params=target.params,
+                           options=options)
+    if timer is not None:  # every channel row records its measured latency
+        plan.latency = measure_plan(model, S.prune_channels(copy.deepcopy(model), example, plan), timer)
+    return plan
 
-    def make() -> S.ChannelPlan:
-        if target.latency is not None:
-            return plan_latency(model, example, scores, target.latency, timer, floor=cfg.channel_floor,
-                                prune_stem=cfg.channel_prune_stem,
-                                round_to=cfg.channel_round, log=lambda m: log(ctx.env, m))
-        plan = S.plan_channels(model, example, scores, target_macs=target.macs, target_params=target.params,
-                               floor=cfg.channel_floor, round_to=cfg.channel_round, prune_stem=cfg.channel_prune_stem)
-        if timer is not None:  # every channel row records its measured latency
-            plan.latency = measure_plan(model, S.prune_channels(copy.deepcopy(model), example, plan), timer)
-        return plan
 
-    return on_rank0(make)
+def plan_for(ctx: RunContext, target: Target, model, example, scores, timer) -> S.ChannelPlan:
+    """The channel plan of ``target``, made on rank 0 (a latency measurement is made once) and shared."""
+    return on_rank0(lambda: make_plan(ctx.cfg, target, model, example, scores, timer, lambda m: log(ctx.env, m)))
 
 
 def run(ctx: RunContext) -> None:

@@ -323,20 +323,21 @@ def describe(key: dict) -> str:
 
 
 def plan_latency(model: nn.Module, example_input: torch.Tensor, scores: dict[str, torch.Tensor], target: float,
-                 timer: Timer, *, floor: float = 0.1, round_to: int = 1, prune_stem: bool = False,
-                 log: Callable[[str], None] = lambda m: None, attempts: int = 8):
+                 timer: Timer, *, options=None, log: Callable[[str], None] = lambda m: None, attempts: int = 8):
     """A :class:`~kdprune.pruning.structured.ChannelPlan` whose pruned model is ``target`` times faster than
     ``model`` as ``timer`` measures it, removing as little group importance as the search finds; its
-    ``latency`` holds the measured and predicted figures. ``model`` is not changed."""
+    ``latency`` holds the measured and predicted figures. ``options``: the floor, width step and stem
+    (:class:`~kdprune.pruning.structured.ChannelOptions`; its defaults when None). ``model`` is not changed."""
     import copy
 
     from kdprune.models.macs import count_macs
-    from kdprune.pruning.structured import ChannelPlan, _apply, channel_groups, count_params
+    from kdprune.pruning.structured import ChannelOptions, ChannelPlan, _apply, channel_groups, count_params
 
     if not target > 1.0:
         raise UserError(f"target_latency: the model must get faster by a factor above 1x, got {target:g}x")
-    groups = channel_groups(model, example_input, scores, floor, prune_stem)
-    problem = build_problem(model, example_input, groups, round_to)
+    options = options or ChannelOptions()
+    groups = channel_groups(model, example_input, scores, options)
+    problem = build_problem(model, example_input, groups, options.round_to)
     key = timer.key()
     table = LatencyTable(timer)
     measure_table(problem, table)
@@ -366,7 +367,7 @@ def plan_latency(model: nn.Module, example_input: torch.Tensor, scores: dict[str
             fail = c if fail is None or c > fail else fail
             if w == floor_w:
                 raise UserError(f"--target-latency {target:g}x is out of reach: with every group at its channel floor "
-                                f"({floor:g}) the model is {speedup:.2f}x faster as measured ({describe(key)}); ask "
+                                f"({options.floor:g}) the model is {speedup:.2f}x faster as measured ({describe(key)}); ask "
                                 f"for at most {math.floor(speedup * 100) / 100:g}x, or lower --channel-floor")
         if ok is not None and fail is not None:
             if ok / fail - 1 < 0.02:  # close enough: the least pruning that met the target

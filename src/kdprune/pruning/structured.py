@@ -197,6 +197,30 @@ def _groups(model: nn.Module, example_input: torch.Tensor, prune_stem: bool = Fa
     return dg, names, groups
 
 
+@dataclass(frozen=True)
+class ChannelOptions:
+    """How channels may go, as one value (``--channel-floor``, ``--channel-round``, ``--channel-prune-stem``):
+    every group keeps at least ``floor`` of its channels; ``round_to`` > 1 (an option): every group keeps a
+    multiple of it (or all its channels), putting back its most important removed channels (CPU and GPU
+    kernels run such widths faster); ``prune_stem`` (an option): the stem conv's output channels (the first
+    stage's stream) may go too (kept whole by default)."""
+
+    floor: float = 0.1
+    round_to: int = 1
+    prune_stem: bool = False
+
+    def __post_init__(self):
+        if self.round_to < 1:
+            raise UserError(f"channel round: must be at least 1, got {self.round_to}")
+        if not 0.0 <= self.floor < 1.0:
+            raise UserError(f"channel floor: must lie in [0, 1), got {self.floor}")
+
+    @classmethod
+    def of(cls, cfg) -> "ChannelOptions":
+        """The options of a run's config."""
+        return cls(cfg.channel_floor, cfg.channel_round, cfg.channel_prune_stem)
+
+
 @dataclass
 class ChannelGroup:
     """A dependency group whose channels go together: its root layer's name, the group importance of each of
@@ -213,11 +237,12 @@ class ChannelGroup:
 
 
 def channel_groups(model: nn.Module, example_input: torch.Tensor, scores: dict[str, torch.Tensor],
-                   floor: float, prune_stem: bool = False) -> list[ChannelGroup]:
+                   options: ChannelOptions = ChannelOptions()) -> list[ChannelGroup]:
     """The prunable dependency groups of ``model`` in Torch-Pruning's order, each with its channels' group
-    saliency (:class:`GroupSaliency` over ``scores``) and its floor (``ceil(floor * channels)``, at least 1).
-    ``prune_stem``: the stem conv's output channels (the first stage's stream) are prunable too."""
-    dg, names, groups = _groups(model, example_input, prune_stem)
+    saliency (:class:`GroupSaliency` over ``scores``) and its floor (``ceil(floor * channels)``, at least 1);
+    with ``options.prune_stem`` the stem conv's output channels are a group too."""
+    floor = options.floor
+    dg, names, groups = _groups(model, example_input, options.prune_stem)
     imp_fn = GroupSaliency({p: scores[n] for n, p in model.named_parameters() if n in scores})
     out = []
     for g in groups:
@@ -242,26 +267,20 @@ def _apply(model: nn.Module, example_input: torch.Tensor, removals: dict[str, li
 
 def plan_channels(model: nn.Module, example_input: torch.Tensor, scores: dict[str, torch.Tensor], *,
                   target_macs: float | None = None, target_params: float | None = None,
-                  floor: float = 0.1, round_to: int = 1, prune_stem: bool = False) -> ChannelPlan:
+                  options: ChannelOptions = ChannelOptions()) -> ChannelPlan:
     """One global ranking of channels by group saliency, cut where the target is first reached.
 
     ``target_macs``: the MACs must shrink by this factor (> 1). ``target_params``: this fraction of the
-    parameters must go (0 < f < 1). ``floor``: every group keeps at least this fraction of its channels.
-    ``round_to`` > 1 (an option): every group keeps a multiple of it (or all its channels), putting back its
-    most important removed channels; CPU and GPU kernels run such widths faster. ``prune_stem`` (an option):
-    the stem conv's output channels may go too (kept whole by default).
+    parameters must go (0 < f < 1). ``options``: the floor, width rounding and stem (:class:`ChannelOptions`).
     """
-    if round_to < 1:
-        raise UserError(f"channel round: must be at least 1, got {round_to}")
+    floor, round_to = options.floor, options.round_to
     if (target_macs is None) == (target_params is None):
         raise UserError("give exactly one target: target_macs (e.g. 2 for 2x) or target_params (a fraction)")
     if target_params is not None and not 0.0 < target_params < 1.0:
         raise UserError(f"target_params: a fraction of the parameters to remove in (0, 1), got {target_params}")
-    if not 0.0 <= floor < 1.0:
-        raise UserError(f"channel floor: must lie in [0, 1), got {floor}")
     candidates = []  # (importance, group order, channel, root name)
     keep_min = {}
-    for gi, g in enumerate(channel_groups(model, example_input, scores, floor, prune_stem)):
+    for gi, g in enumerate(channel_groups(model, example_input, scores, options)):
         keep_min[g.root] = g.keep_min
         candidates += [(float(v), gi, c, g.root) for c, v in enumerate(g.importance.tolist())]
     candidates.sort(key=lambda t: (t[0], t[1], t[2]))
