@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 
 import pytest
 
@@ -214,3 +215,27 @@ def test_a_report_redrawn_from_its_csv_is_the_same_report(tmp_path, run_cli):
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     code, _, err = run_cli("report", tmp_path / "bad.csv", "--out", tmp_path / "c")
     assert code == 2 and "not a kdprune results" in err
+
+
+def test_report_of_a_sweep_file_leaves_out_its_earlier_versions_runs(tmp_path, run_cli):
+    """--sweep FILE reads only that file's runs: a run of the file's earlier version in the same folder (a
+    changed grid) is left out, where the folder itself would include it."""
+    from kdprune.experiments.sweep import load_sweep
+
+    f = tmp_path / "sweep.yaml"
+    f.write_text(f"out: {tmp_path / 'out'}\ngrid:\n  method: [teacher-guided, magnitude]\n"
+                 "base:\n  sparsity: [0.9]\n  retrain: plain\n")
+    _, cfgs = load_sweep(f)
+    stale = tmp_path / "out" / "runs" / "0123456789ab"  # a run the file no longer lists
+    for d, method, top1 in ((cfgs[0].out, "teacher-guided", 80.0), (cfgs[1].out, "magnitude", 70.0),
+                            (stale, "teacher-guided", 10.0)):
+        os.makedirs(d, exist_ok=True)
+        with open(f"{d}/results.jsonl", "w") as fh:
+            fh.write(json.dumps(_row(method, "plain", 0, 0.9, top1, out=str(d))) + "\n")
+    code, out, err = run_cli("report", "--sweep", f, "--out", tmp_path / "r")
+    assert code == 0, err
+    assert "2 results" in out and "| teacher-guided (plain) | **80.00** |" in out
+    code, out, _ = run_cli("report", tmp_path / "out" / "runs", "--out", tmp_path / "all")
+    assert code == 0 and "3 results" in out  # the folder alone takes the stale run too
+    code, _, err = run_cli("report", "--out", tmp_path / "none")
+    assert code == 2 and "--sweep" in err and len(err.strip().splitlines()) == 1

@@ -19,6 +19,6 @@ fi
 $kdprune sweep configs/cpu/cifar10-channels-latency.yaml --jobs "${JOBS:-1}" --threads "${THREADS:-2}" || \
   echo "some runs failed (FAILED lines above); the report covers the others" >&2
 out=docs/channels-latency-cifar10
-$kdprune --threads "${THREADS:-2}" report runs/cifar10-channels-latency/runs --out "$out/onnxruntime" \
+$kdprune --threads "${THREADS:-2}" report --sweep configs/cpu/cifar10-channels-latency.yaml --out "$out/onnxruntime" \
     --latency 64 --latency-runtime onnxruntime
-$kdprune --threads "${THREADS:-2}" report runs/cifar10-channels-latency/runs --out "$out/torch" --latency 64
+$kdprune --threads "${THREADS:-2}" report --sweep configs/cpu/cifar10-channels-latency.yaml --out "$out/torch" --latency 64

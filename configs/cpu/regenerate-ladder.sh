@@ -21,10 +21,11 @@ for pair in "cifar-10-batches-py/test_batch make_cifar10.py" "cifar-100-python/t
 done
 # the CIFAR-100 benchmark's teacher, which the ladder uses as its strongest CIFAR-100 teacher
 $kdprune --threads "${THREADS:-2}" train --config configs/cpu/cifar100-teacher.yaml --resume
-for part in configs/cpu/teacher-ladder-[0-9]*.yaml; do
+parts=(configs/cpu/teacher-ladder-[0-9]*.yaml)
+for part in "${parts[@]}"; do
   $kdprune sweep "$part" --jobs "${JOBS:-1}" --threads 1
 done
-$kdprune report runs/teacher-ladder/runs --ladder --out docs/teacher-ladder
+$kdprune report "${parts[@]/#/--sweep=}" --ladder --out docs/teacher-ladder
 $kdprune sweep configs/cpu/cifar10-long.yaml --jobs "${JOBS:-1}" --threads 1
 # beside the CPU CIFAR-10 benchmark's rows at the usual length (its committed results.csv)
-$kdprune report docs/cifar10-cpu-benchmark/results.csv runs/cifar10-long/runs --out docs/teacher-ladder/training-length
+$kdprune report docs/cifar10-cpu-benchmark/results.csv --sweep configs/cpu/cifar10-long.yaml --out docs/teacher-ladder/training-length

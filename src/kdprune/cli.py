@@ -73,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     slurm = sw.add_argument_group("Slurm (--launcher slurm; also a slurm: block in the YAML, which the flags override)")
     C.add_arguments(slurm, SlurmOptions, prefix="slurm-")
     rp = sub.add_parser("report", help="tables (CSV, markdown) and plots from one or more runs")
-    rp.add_argument("runs", nargs="+", metavar="RUN", help="run folders (searched for results.jsonl) or files")
+    rp.add_argument("runs", nargs="*", metavar="RUN", help="run folders (searched for results.jsonl) or files")
+    rp.add_argument("--sweep", action="append", default=[], metavar="FILE.yaml",
+                    help="the runs of this sweep file only (repeatable), whatever else its folder holds: runs of "
+                         "the file's earlier versions are left out")
     rp.add_argument("--out", required=True, help="folder for results.csv, results.md and the PNGs")
     rp.add_argument("--published", default=None, metavar="FILE.yaml",
                     help="published numbers to print beside ours: dataset: {method: {sparsity: top1}}")
@@ -130,6 +133,23 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_runs(files: list[str]) -> list[str]:
+    """The run folders of these sweep files that have results (a sweep's folder may also hold runs of the
+    file's earlier versions)."""
+    from pathlib import Path
+
+    from kdprune.experiments.sweep import load_sweep
+
+    found, runs = [], 0
+    for f in files:
+        _, cfgs = load_sweep(f)
+        runs += len(cfgs)
+        found += [c.out for c in cfgs if (Path(c.out) / "results.jsonl").is_file()]
+    if files and not found:
+        raise UserError(f"no results yet for any of the {runs} runs of {', '.join(files)}")
+    return found
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "models":
         _list_models()
@@ -141,6 +161,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     if args.command in ("export", "inspect"):
         return _deploy(args)
+    if args.command == "report":
+        args.runs = [*args.runs, *_sweep_runs(args.sweep)]
+        if not args.runs:
+            raise UserError("kdprune report: give run folders or result files, or --sweep FILE.yaml")
     if args.command == "report" and args.ladder:
         from kdprune.experiments.ladder import write_ladder
 
