@@ -136,8 +136,9 @@ def differences(rows: list[dict]) -> list[Difference]:
             if method != "dense" and regime == "kd" and (method, s, "plain", variant) in cell:
                 add("kd-plain", method, s, "", variant, _paired(seeds, cell[(method, s, "plain", variant)]))
     order = {k: i for i, k in enumerate(KINDS)}
+    regime = {"plain": 0, "kd": 1}
     return sorted(out, key=lambda d: (d.dataset, d.arch, order[d.kind], d.method != PAPER_METHOD, d.method,
-                                      d.sparsity, d.regime, d.teacher_top1, d.variant))
+                                      regime.get(d.regime, 0), d.sparsity, d.teacher_top1, d.variant))
 
 
 def _teacher_label(t: Teacher, gap: float | None, variant: str) -> str:
@@ -153,8 +154,9 @@ def _row_label(d: Difference) -> str:
     return f"kd − plain retraining, {d.method}, {d.sparsity * 100:g}%"
 
 
-def ladder_markdown(diffs: list[Difference]) -> str:
-    """One table per dataset and student: a row per difference, a column per teacher (weakest first)."""
+def ladder_markdown(diffs: list[Difference], ce: dict[tuple, dict[int, float]] | None = None) -> str:
+    """One table per dataset and student: a row per difference, a column per teacher (weakest first); ``ce``
+    (:func:`ce_students`) names the dense CE student the gaps are measured from."""
     parts = []
     for ds, arch in sorted({(d.dataset, d.arch) for d in diffs}):
         ds_diffs = [d for d in diffs if (d.dataset, d.arch) == (ds, arch)]
@@ -164,8 +166,12 @@ def ladder_markdown(diffs: list[Difference]) -> str:
         for d in ds_diffs:
             rows.setdefault(_row_label(d), {})[(d.teacher, d.variant)] = d
         head = [_teacher_label(t, gaps[t], v) for t, v in cols]
+        seeds = (ce or {}).get((ds, arch), {})
+        ref = (f"Dense CE student (the gap's reference): {statistics.fmean(seeds.values()):.2f}% "
+               f"(mean over seed{'s' * (len(seeds) > 1)} {', '.join(map(str, sorted(seeds)))}).") if seeds else \
+            "No dense CE student (run --method dense --retrain both): no gaps."
         lines = [f"## {ds}, {arch} student: the teacher's effect by teacher, in points (mean ± std over seeds, "
-                 "paired by seed; n=k where fewer than 2 pairs)", "",
+                 "paired by seed; n=k where fewer than 2 pairs)", "", ref, "",
                  "| difference | " + " | ".join(head) + " |", "|---|" + "---:|" * len(cols)]
         for label, cells in rows.items():
             vals = []
@@ -196,7 +202,8 @@ def _tally(diffs: list[Difference]) -> str:
 
 def plot_ladder(diffs: list[Difference], path: Path) -> bool:
     """Each difference against the teacher's gap: a row of three panels per dataset; colour = sparsity, line =
-    regime (tg-magnitude) or method (kd-plain); a variant (e.g. alpha 0.5) as hollow markers."""
+    regime (tg-magnitude) or method (kd-plain, magnitude dashed); a variant (e.g. alpha 0.5) as hollow markers
+    in the same colours, not joined, with one legend entry (at most 7 entries a panel)."""
     pts = [d for d in diffs if d.gap is not None]
     if not pts:
         return False
@@ -217,12 +224,15 @@ def plot_ladder(diffs: list[Difference], path: Path) -> bool:
             for d in pts:
                 if (d.dataset, d.arch, d.kind) == (ds, arch, kind):
                     series[(d.sparsity, d.regime or d.method, d.variant)].append(d)
+            variants_named = set()
             for (s, line, variant), ds_ in sorted(series.items()):
                 ds_.sort(key=lambda d: d.gap)
                 dashed = line in ("kd", "magnitude")
                 c = "black" if kind == "kd-ce student" else colour[s]
-                label = ("dense students" if kind == "kd-ce student" else f"{s * 100:g}%, {line}") + \
-                    (f", {variant}" if variant else "")
+                label = "dense students" if kind == "kd-ce student" else f"{s * 100:g}%, {line}"
+                if variant:  # hollow markers in the same colours, one legend entry per variant
+                    label = None if variant in variants_named else f"hollow: {variant}"
+                    variants_named.add(variant)
                 ax.errorbar([d.gap for d in ds_], [d.mean for d in ds_], yerr=[d.std for d in ds_], color=c,
                             linestyle="none" if variant else ("--" if dashed else "-"),
                             marker="s" if dashed else "o", mfc="none" if variant else c, capsize=3, label=label)
@@ -261,7 +271,7 @@ def write_ladder(paths: list[str | Path], out: str | Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "results.csv", _csv(rows))
     write_text(out / "ladder.csv", _diff_csv(diffs))
-    md = ladder_markdown(diffs)
+    md = ladder_markdown(diffs, ce_students(rows))
     write_text(out / "ladder.md", md)
     files = ["results.csv", "ladder.csv", "ladder.md"]
     if plot_ladder(diffs, out / "teacher_ladder.png"):
