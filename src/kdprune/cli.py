@@ -142,7 +142,7 @@ def _sweep_runs(files: list[str]) -> list[str]:
 
     found, runs = [], 0
     for f in files:
-        _, cfgs = load_sweep(f)
+        _, cfgs = load_sweep(f, check_files=False)  # reading results needs no teacher checkpoint
         runs += len(cfgs)
         found += [c.out for c in cfgs if (Path(c.out) / "results.jsonl").is_file()]
     if files and not found:

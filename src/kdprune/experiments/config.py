@@ -318,7 +318,7 @@ def _bounds_error(name: str, v, md: dict) -> str | None:
     return f"{name}: {what}, got {v}"
 
 
-def _validate(cfg) -> None:
+def _validate(cfg, check_files: bool = True) -> None:
     """Every declared check (finite numbers, ``choices``, ranges), then the checks between options."""
     for f_ in fields(cfg):
         v, md = getattr(cfg, f_.name), f_.metadata
@@ -342,7 +342,7 @@ def _validate(cfg) -> None:
             raise UserError(f"sparsity must lie strictly between 0 and 1, got {s}")
     if isinstance(sp, list) and len(set(sp)) != len(sp):
         raise UserError(f"sparsity: values repeat in {sp}")
-    _validate_names_and_files(cfg)
+    _validate_names_and_files(cfg, check_files)
 
 
 def _validate_channel(cfg) -> None:
@@ -380,7 +380,7 @@ def _validate_channel(cfg) -> None:
                         f"got {cfg.method!r}")
 
 
-def _validate_names_and_files(cfg) -> None:
+def _validate_names_and_files(cfg, check_files: bool = True) -> None:
     """Unknown names and missing files are reported before any work starts."""
     from kdprune.data.datasets import DATASETS
     from kdprune.models import model_info
@@ -400,7 +400,7 @@ def _validate_names_and_files(cfg) -> None:
             raise UserError(f"rewind_epoch: must lie in [0, student_epochs={cfg.student_epochs}], got {cfg.rewind_epoch}")
     elif hasattr(cfg, "method") and getattr(cfg, "structure", "unstructured") == "unstructured":
         get_criterion(cfg.method)
-    for k in ("checkpoint", "teacher_checkpoint", "student_checkpoint"):
+    for k in ("checkpoint", "teacher_checkpoint", "student_checkpoint") if check_files else ():
         path = getattr(cfg, k, None)
         if path and not Path(path).exists():
             raise UserError(f"checkpoint not found: {path} (--{k.replace('_', '-')})")
@@ -484,8 +484,9 @@ def resolve_dataset(cfg):
     return dataclasses.replace(cfg, dataset=found[0])
 
 
-def build_config(cls, overrides: dict[str, Any], config_file: str | None = None):
-    """Defaults, then the YAML file, then ``overrides`` (already-parsed CLI values)."""
+def build_config(cls, overrides: dict[str, Any], config_file: str | None = None, check_files: bool = True):
+    """Defaults, then the YAML file, then ``overrides`` (already-parsed CLI values); ``check_files=False``
+    leaves out the checks that the checkpoints named exist (reading a finished sweep's runs needs none)."""
     types_ = _field_types(cls)
     values: dict[str, Any] = {}
     if config_file:
@@ -512,7 +513,7 @@ def build_config(cls, overrides: dict[str, Any], config_file: str | None = None)
             raise UserError(f"unknown option --{k.replace('_', '-')} (see --help for the options)")
         values[k] = coerce(types_[k], v, "--" + k.replace("_", "-"))
     cfg = resolve_dataset(cls(**values))
-    _validate(cfg)
+    _validate(cfg, check_files)
     return cfg
 
 

@@ -235,7 +235,10 @@ def plot_ladder(diffs: list[Difference], path: Path) -> bool:
                     variants_named.add(variant)
                 ax.errorbar([d.gap for d in ds_], [d.mean for d in ds_], yerr=[d.std for d in ds_], color=c,
                             linestyle="none" if variant else ("--" if dashed else "-"),
-                            marker="s" if dashed else "o", mfc="none" if variant else c, capsize=3, label=label)
+                            marker="s" if dashed else "o", mfc="none" if variant else c, capsize=3,
+                            label=None if variant else label)
+                if label and variant:  # a grey proxy: the variant's legend entry names no level
+                    ax.plot([], [], linestyle="none", marker="o", mfc="none", color="grey", label=label)
             ax.axhline(0, color="grey", linewidth=0.8, linestyle=":")
             ax.set_title(f"{ds}: {KIND_TITLES[kind]}", fontsize=10)
             ax.set_xlabel("teacher top-1 − dense CE student top-1 (points)")

@@ -57,7 +57,9 @@ def read_spec(path: str | Path):
         raise yaml_error(path, e) from None
 
 
-def load_sweep(path: str | Path) -> tuple[Path, list[RunConfig]]:
+def load_sweep(path: str | Path, check_files: bool = True) -> tuple[Path, list[RunConfig]]:
+    """The sweep file's output folder and its runs' configs (each ``out`` its run folder); ``check_files=False``
+    does not ask that the checkpoints it names exist (to find a finished sweep's runs)."""
     path = Path(path)
     spec = read_spec(path)
     if not isinstance(spec, dict) or set(spec) - {"out", "grid", "base", "launcher", "slurm"}:
@@ -75,7 +77,7 @@ def load_sweep(path: str | Path) -> tuple[Path, list[RunConfig]]:
     for grid_point in points:
         point = {**{k.replace("-", "_"): v for k, v in base.items()},
                  **{k.replace("-", "_"): v for k, v in grid_point.items()}}
-        cfg = build_config(RunConfig, point)
+        cfg = build_config(RunConfig, point, check_files=check_files)
         run_id = _hash({k: v for k, v in identity(cfg).items() if k not in _NOT_HASHED})
         configs.append(replace(cfg, out=str(out / "runs" / run_id), progress=False))
     return out, configs
