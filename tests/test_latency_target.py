@@ -9,7 +9,6 @@ import json
 
 import pytest
 import torch
-import torch.nn as nn
 
 import kdprune
 from conftest import TINY_RUN
