@@ -177,7 +177,7 @@ def ladder_markdown(diffs: list[Difference], ce: dict[tuple, dict[int, float]] |
             vals = []
             for c in cols:
                 d = cells.get(c)
-                vals.append("–" if d is None else f"{d.mean:+.2f} ± {d.std:.2f}" + (f" (n={d.n})" if d.n < 2 else ""))
+                vals.append("–" if d is None else f"{d.mean:+.2f} (n={d.n})" if d.n < 2 else f"{d.mean:+.2f} ± {d.std:.2f}")
             lines.append(f"| {label} | " + " | ".join(vals) + " |")
         parts.append("\n".join(lines))
     tally = _tally(diffs)
