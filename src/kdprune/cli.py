@@ -11,6 +11,7 @@ import os
 import sys
 
 from kdprune import __version__
+from kdprune.choices import LATENCY_RUNTIMES
 from kdprune.errors import UserError
 
 _COMMANDS = {
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--latency", nargs="?", type=int, const=64, default=None, metavar="BATCH",
                     help="channel pruning: also time every pruned model against the dense one on this machine "
                          "(PyTorch eager, batch BATCH, default 64; --threads applies) and plot accuracy vs latency")
-    rp.add_argument("--latency-runtime", choices=["torch", "onnxruntime"], default="torch",
+    rp.add_argument("--latency-runtime", choices=LATENCY_RUNTIMES, default="torch",
                     help="with --latency: time the models in PyTorch eager (default) or ONNX Runtime")
     rp.add_argument("--ladder", action="store_true",
                     help="the teacher-strength ladder instead: rows grouped by teacher, the teacher's effects "
@@ -150,6 +151,31 @@ def _sweep_runs(files: list[str]) -> list[str]:
     return found
 
 
+def _report(args: argparse.Namespace) -> int:
+    """``kdprune report``: the runs given and those of each ``--sweep`` file; the ladder or the usual report."""
+    runs = [*args.runs, *_sweep_runs(args.sweep)]
+    if not runs:
+        raise UserError("kdprune report: give run folders or result files, or --sweep FILE.yaml")
+    if args.ladder:
+        from kdprune.experiments.ladder import write_ladder
+
+        r = write_ladder(runs, args.out)
+    else:
+        from kdprune.experiments.report import write_report
+
+        if args.latency is not None:
+            if args.latency < 1:
+                raise UserError(f"--latency takes a batch size of at least 1, got {args.latency}")
+            from kdprune.threads import set_threads
+
+            set_threads(args.threads)
+        r = write_report(runs, args.out, args.published, latency_batch=args.latency,
+                         latency_channels_last=not args.latency_nchw, latency_runtime=args.latency_runtime)
+    print(r["markdown"])
+    print(f"{r['rows']} results -> {args.out}/: {', '.join(r['files'])}")
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "models":
         _list_models()
@@ -162,30 +188,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("export", "inspect"):
         return _deploy(args)
     if args.command == "report":
-        args.runs = [*args.runs, *_sweep_runs(args.sweep)]
-        if not args.runs:
-            raise UserError("kdprune report: give run folders or result files, or --sweep FILE.yaml")
-    if args.command == "report" and args.ladder:
-        from kdprune.experiments.ladder import write_ladder
-
-        r = write_ladder(args.runs, args.out)
-        print(r["markdown"])
-        print(f"{r['rows']} results -> {args.out}/: {', '.join(r['files'])}")
-        return 0
-    if args.command == "report":
-        from kdprune.experiments.report import write_report
-
-        if args.latency is not None:
-            if args.latency < 1:
-                raise UserError(f"--latency takes a batch size of at least 1, got {args.latency}")
-            from kdprune.threads import set_threads
-
-            set_threads(args.threads)
-        r = write_report(args.runs, args.out, args.published, latency_batch=args.latency,
-                         latency_channels_last=not args.latency_nchw, latency_runtime=args.latency_runtime)
-        print(r["markdown"])
-        print(f"{r['rows']} results -> {args.out}/: {', '.join(r['files'])}")
-        return 0
+        return _report(args)
     from kdprune import distributed
     from kdprune.threads import set_threads
 

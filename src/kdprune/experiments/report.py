@@ -29,7 +29,7 @@ from kdprune.experiments.plotstyle import (
     style,
     variant_look,
 )
-from kdprune.methods.result import ResultRow, channel_kind
+from kdprune.methods.result import ResultRow, channel_kind, combine_kinds
 
 CSV_COLUMNS = ResultRow.columns()  # the one result schema (kdprune.methods.result), as the store's columns
 RADAR_LEVELS = (0.5, 0.75, 0.9, 0.94, 0.98)
@@ -129,7 +129,7 @@ def _channel_only(agg: dict, dataset: str, arch: str | None = None) -> str:
     kinds = {agg[k].get("channel") for k in agg if k[0] == dataset and (arch is None or k[1] == arch)}
     if None in kinds or not kinds:
         return ""
-    return kinds.pop() if len(kinds) == 1 else "factor" if "params" not in kinds else ""
+    return combine_kinds(kinds) or ""
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -139,13 +139,17 @@ class Stages:
     def model(self, arch: str | None = None, seed_offset: int = 1) -> torch.nn.Module:
         return build_model(arch or self.cfg.arch, self.env, self.cfg.seed + seed_offset)
 
+    def folder(self, stage: str) -> Path:
+        """Where a stage trains (and a sweep links its shared copy): ``out/<stage name>``."""
+        return self.out / stage
+
     def get(self, stage: str) -> tuple[torch.nn.Module, dict]:
         """A stage by name (:mod:`kdprune.methods.recipe`'s TEACHER, STUDENT, DENSE_CE)."""
         return {TEACHER: self.teacher, STUDENT: self.kd_student, DENSE_CE: self.dense_ce}[stage]()
 
     def teacher(self) -> tuple[torch.nn.Module, dict]:
         """The teacher (loaded or trained once) and its metrics."""
-        if "teacher" not in self._done:
+        if TEACHER not in self._done:
             cfg, env = self.cfg, self.env
             seed = cfg.seed if getattr(cfg, "teacher_seed", None) is None else cfg.teacher_seed
             teacher = build_model(cfg.teacher_arch, env, seed)
@@ -153,14 +157,14 @@ class Stages:
                 load_weights(teacher, cfg.teacher_checkpoint, cfg.teacher_arch, self.nc)
                 m = {"top1": evaluate(teacher, env.test, cfg.amp)["top1"]}
             else:
-                m = run_training_stage(self.out / "teacher", teacher, CrossEntropy(), optim_spec(cfg),
+                m = run_training_stage(self.folder(TEACHER), teacher, CrossEntropy(), optim_spec(cfg),
                                        cfg.teacher_epochs, env.with_train_seed(seed) if seed != cfg.seed else env,
                                        cfg, desc=f"teacher {cfg.teacher_arch}",
                                        callbacks=self.callbacks, extra={"arch": cfg.teacher_arch})
             teacher.eval().requires_grad_(False)
             log(env, f"teacher {cfg.teacher_arch}: top-1 {m['top1']:.2f}%")
-            self._done["teacher"] = (teacher, m)
-        return self._done["teacher"]
+            self._done[TEACHER] = (teacher, m)
+        return self._done[TEACHER]
 
     def kd_student(self) -> tuple[torch.nn.Module, dict]:
         """The dense student trained under the teacher with L_total (the paper's step 2)."""
@@ -170,7 +174,7 @@ class Stages:
             student = self.model()
             if cfg.student_checkpoint:
                 load_weights(student, cfg.student_checkpoint, cfg.arch, self.nc)
-            m = run_training_stage(self.out / "student", student, distillation(cfg), optim_spec(cfg),
+            m = run_training_stage(self.folder(STUDENT), student, distillation(cfg), optim_spec(cfg),
                                    cfg.student_epochs, self.env, cfg, desc=f"student {cfg.arch} (KD)",
                                    teacher=teacher, callbacks=self.callbacks, extra={"arch": cfg.arch})
             log(self.env, f"student {cfg.arch} ({cfg.kd_loss}, alpha={cfg.alpha}, T={cfg.temperature}): "
@@ -181,7 +185,7 @@ class Stages:
     @property
     def rewind_file(self) -> Path:
         """The dense CE student's weights after epoch ``rewind_epoch`` (IMP and COLT rewind to them)."""
-        return self.out / "dense-ce" / f"rewind-epoch{self.cfg.rewind_epoch}.safetensors"
+        return self.folder(DENSE_CE) / f"rewind-epoch{self.cfg.rewind_epoch}.safetensors"
 
     def dense_ce(self) -> tuple[torch.nn.Module, dict]:
         """A dense student trained with plain CE from the same initialisation (IMP's round 0).
@@ -195,7 +199,7 @@ class Stages:
             if cfg.rewind_epoch == 0 and self.env.is_main and not self.rewind_file.exists():
                 save_tensors(self.rewind_file, student.state_dict())
             barrier()
-            m = run_training_stage(self.out / "dense-ce", student, CrossEntropy(), optim_spec(cfg),
+            m = run_training_stage(self.folder(DENSE_CE), student, CrossEntropy(), optim_spec(cfg),
                                    cfg.student_epochs, self.env, cfg, desc=f"dense {cfg.arch} (CE)",
                                    callbacks=(*self.callbacks, SaveRewindPoint(self.rewind_file, cfg.rewind_epoch)),
                                    extra={"arch": cfg.arch})

@@ -26,7 +26,7 @@ def run(ctx: RunContext) -> None:
     for regime in ctx.regimes:
         model, m = ctx.stages.get(_stage(regime))
         params = prunable_parameters(model, cfg.prune_first, cfg.prune_last)
-        stage_dir = ctx.out / ("student" if regime == "kd" else "dense-ce")
+        stage_dir = ctx.stages.folder(_stage(regime))
         row = {**m, "sparsity": sparsity_report(model, list(params)), "epochs": m.get("epochs", cfg.student_epochs)}
         cost = ctx.teacher_cost(regime) + Cost.of(m)
         ctx.record(0.0, regime, row, None, cost, stage_dir, variant=alpha_variant(cfg) if regime == "kd" else "")

@@ -131,6 +131,11 @@ def channel_kind(rows: list[dict]) -> str | None:
     target (``"factor"`` for MACs and latency targets together)."""
     if not all(map(is_channel_row, rows)):
         return None
-    kinds = {"latency" if r.get("target_latency") is not None else "macs" if r.get("target_macs") is not None
-             else "params" for r in rows}
-    return kinds.pop() if len(kinds) == 1 else "factor" if "params" not in kinds else None
+    return combine_kinds({"latency" if r.get("target_latency") is not None else "macs"
+                          if r.get("target_macs") is not None else "params" for r in rows})
+
+
+def combine_kinds(kinds: set[str]) -> str | None:
+    """One level kind for results of these target kinds: the kind itself, ``"factor"`` for MACs and latency
+    targets together (both are speed-up factors), None for factors mixed with parameter fractions."""
+    return next(iter(kinds)) if len(kinds) == 1 else "factor" if "params" not in kinds else None

@@ -95,10 +95,8 @@ def check_reachable(cfg, env) -> None:
     """Before anything trains: the fastest model the channel floor allows (every group at its floor; which
     channels go does not change the time) is timed against the dense one, and a latency target above its
     measured speed-up is one line naming the best reachable."""
-    import math
-
     from kdprune.methods.context import build_model
-    from kdprune.pruning.latency import build_problem, describe, removals
+    from kdprune.pruning.latency import build_problem, out_of_reach, removals
 
     wanted = max(t.latency for t in targets(cfg))
     d = env.data
@@ -109,14 +107,11 @@ def check_reachable(cfg, env) -> None:
         scores = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
         problem = build_problem(model, example, S.channel_groups(model, example, scores, S.ChannelOptions.of(cfg)),
                                 cfg.channel_round)
-        floor = [min(problem.widths(g)) for g in range(len(problem.sizes))]
         timer = make_timer(cfg, d, required=True)
-        speedup = timer.compare(model, S._apply(copy.deepcopy(model), example, removals(problem, floor)))[2]
+        floor = removals(problem, problem.floor_widths())
+        speedup = timer.compare(model, S._apply(copy.deepcopy(model), example, floor))[2]
         if speedup < wanted:
-            raise UserError(f"--target-latency {wanted:g}x is out of reach: with every group at its channel floor "
-                            f"({cfg.channel_floor:g}) the model is {speedup:.2f}x faster as measured "
-                            f"({describe(timer.key())}); ask for at most {math.floor(speedup * 100) / 100:g}x, or "
-                            "lower --channel-floor")
+            raise out_of_reach(wanted, cfg.channel_floor, speedup, timer.key())
         return speedup
 
     log(env, f"--target-latency: at most {on_rank0(measure):.2f}x reachable at the channel floor, as measured")

@@ -145,6 +145,10 @@ class Problem:
     roots: list[str] = field(default_factory=list)
     rounded: bool = False  # the steps are --channel-round: every width a multiple of it (or the full width)
 
+    def floor_widths(self) -> list[int]:
+        """Every group at its floor: the fastest model the options allow."""
+        return [min(self.widths(g)) for g in range(len(self.sizes))]
+
     def widths(self, g: int) -> list[int]:
         """The widths group ``g`` may take: its size, then down by its step to its floor (and the floor itself
         when it lies below the last step and the steps are not a rounding the user asked for)."""
@@ -322,6 +326,13 @@ def describe(key: dict) -> str:
             f"{'s' * (key['threads'] > 1)}, {size} input, on {key['cpu']}")
 
 
+def out_of_reach(target: float, floor: float, speedup: float, key: dict) -> UserError:
+    """The one-line error for a latency target above what every group at its channel floor measures."""
+    return UserError(f"--target-latency {target:g}x is out of reach: with every group at its channel floor "
+                     f"({floor:g}) the model is {speedup:.2f}x faster as measured ({describe(key)}); ask for at "
+                     f"most {math.floor(speedup * 100) / 100:g}x, or lower --channel-floor")
+
+
 def plan_latency(model: nn.Module, example_input: torch.Tensor, scores: dict[str, torch.Tensor], target: float,
                  timer: Timer, *, options=None, log: Callable[[str], None] = lambda m: None, attempts: int = 8):
     """A :class:`~kdprune.pruning.structured.ChannelPlan` whose pruned model is ``target`` times faster than
@@ -344,7 +355,7 @@ def plan_latency(model: nn.Module, example_input: torch.Tensor, scores: dict[str
     log(f"latency table: {len(table.entries)} layer timings ({table.measured} measured now, the rest cached in "
         f"{table.path}) for {describe(key)}")
     full = predict(problem, table.seconds, problem.sizes)
-    floor_w = [min(problem.widths(g)) for g in range(len(problem.sizes))]
+    floor_w = problem.floor_widths()
     tried: dict[float, tuple] = {}
 
     def attempt(c: float):
@@ -366,9 +377,7 @@ def plan_latency(model: nn.Module, example_input: torch.Tensor, scores: dict[str
         else:
             fail = c if fail is None or c > fail else fail
             if w == floor_w:
-                raise UserError(f"--target-latency {target:g}x is out of reach: with every group at its channel floor "
-                                f"({options.floor:g}) the model is {speedup:.2f}x faster as measured ({describe(key)}); ask "
-                                f"for at most {math.floor(speedup * 100) / 100:g}x, or lower --channel-floor")
+                raise out_of_reach(target, options.floor, speedup, key)
         if ok is not None and fail is not None:
             if ok / fail - 1 < 0.02:  # close enough: the least pruning that met the target
                 break
