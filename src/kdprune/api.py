@@ -35,13 +35,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from kdprune.choices import RETRAIN_SCHEDULES, SCOPES, SCORE_NORMS
+from kdprune.choices import RETRAIN_SCHEDULES
 from kdprune.errors import UserError, check_choice
 from kdprune.losses import CrossEntropy, Distillation
 from kdprune.pruning.criteria import get_criterion, score_batch_count
 from kdprune.pruning.masks import MaskSet, sparsity_report
 from kdprune.pruning.prunable import prunable_parameters
-from kdprune.pruning.threshold import MaskOptions, check_sparsity, prune_masks
+from kdprune.pruning.threshold import MaskOptions, check_sparsity, prune_masks, weights_of
 from kdprune.data.batches import check_batches, probe_batch
 from kdprune.train.engine import OptimSpec, Trainer, make_optimizer, make_scheduler
 from kdprune.train.engine import evaluate as _evaluate
@@ -181,23 +181,30 @@ def score(model: nn.Module, data=None, *, criterion: str = "teacher-guided", tea
 
 def _check_mask_options(sparsity, scope, layer_floor, score_norm, rounds: int = 1) -> None:
     check_sparsity(sparsity)
-    check_choice("scope", scope, SCOPES)
-    check_choice("score_norm", score_norm, SCORE_NORMS)
     if not 0.0 <= layer_floor < 1.0:
         raise UserError(f"layer_floor: must lie in [0, 1), got {layer_floor}")
+    MaskOptions(scope, layer_floor, score_norm).check()
     if not isinstance(rounds, int) or rounds < 1:
         raise UserError(f"rounds: must be at least 1, got {rounds}")
 
 
 @_keywords_checked
 def mask(scores: dict[str, torch.Tensor], sparsity: float, *, scope: str = "global", layer_floor: float = 0.0,
-         score_norm: str = "none") -> MaskSet:
+         score_norm: str = "none", weights: nn.Module | dict[str, torch.Tensor] | None = None) -> MaskSet:
     """Keep-masks removing exactly ``round(sparsity * N)`` of the ``N`` scored weights: one threshold over
-    all layers (``scope="global"``, the paper's) or the same fraction per layer (``"layerwise"``). The
-    collapse guards (options, not the paper's): every layer keeps at least ``layer_floor`` of its weights;
-    ``score_norm="l2"|"mean"`` puts each layer's scores on one scale first."""
+    all layers (``scope="global"``, the paper's) or per-layer budgets, within which the scores choose:
+    the same fraction of every layer (``"layerwise"``), Erdős–Rényi-kernel budgets (``"erk"``), or as many
+    as global magnitude pruning of ``weights`` (the model, or its weights by name) leaves each layer
+    (``"magnitude-budget"``). The collapse guards of the global scope (options, not the paper's): every
+    layer keeps at least ``layer_floor`` of its weights; ``score_norm="l2"|"mean"`` puts each layer's
+    scores on one scale first."""
     _check_mask_options(sparsity, scope, layer_floor, score_norm)
-    return MaskSet(prune_masks(scores, sparsity, MaskOptions(scope, layer_floor, score_norm)))
+    if isinstance(weights, nn.Module):
+        weights = prunable_parameters(weights)
+    if scope == "magnitude-budget" and (weights is None or not set(scores) <= set(weights)):
+        raise UserError("scope='magnitude-budget' needs weights=: the model, or its weights by the scores' names")
+    return MaskSet(prune_masks(scores, sparsity, MaskOptions(scope, layer_floor, score_norm,
+                                                             weights_of(weights) if weights else None)))
 
 
 def progressive_mask(model: nn.Module, data, sparsity: float, *, rounds: int, scope: str = "global",
@@ -210,9 +217,11 @@ def progressive_mask(model: nn.Module, data, sparsity: float, *, rounds: int, sc
 
     _check_mask_options(sparsity, scope, layer_floor, score_norm, rounds)
     state = {k: v.clone() for k, v in model.state_dict().items()}
+    weights = weights_of(prunable_parameters(model))
     score_masked = rescoring(model, state, lambda: score(model, data, **score_options), first_scores)
     try:
-        return MaskSet(progressive_masks(score_masked, sparsity, rounds, MaskOptions(scope, layer_floor, score_norm)))
+        return MaskSet(progressive_masks(score_masked, sparsity, rounds,
+                                         MaskOptions(scope, layer_floor, score_norm, weights)))
     finally:
         model.load_state_dict(state)
 
@@ -434,7 +443,7 @@ def prune(student: nn.Module, teacher: nn.Module | None, train_data, sparsity: f
         masks = progressive_mask(student, train_data, sparsity, rounds=score_rounds, scope=scope,
                                  layer_floor=layer_floor, score_norm=score_norm, first_scores=scores, **options)
     else:
-        masks = mask(scores, sparsity, scope=scope, layer_floor=layer_floor, score_norm=score_norm)
+        masks = mask(scores, sparsity, scope=scope, layer_floor=layer_floor, score_norm=score_norm, weights=student)
     masks.bind(student)
     masks.apply_()
     if test_data is not None:

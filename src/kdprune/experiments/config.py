@@ -117,7 +117,9 @@ class PruneOptions:
     """pruning: the method, its scores and the masks (one global threshold, the paper's; collapse guards)"""
 
     method: str = _f("teacher-guided", "pruning method (`kdprune methods`; `prune` takes its criterion)")
-    scope: str = _f("global", "global (one threshold over all layers) | layerwise", choices=SCOPES)
+    scope: str = _f("global", "global: one threshold over all layers (the paper's) | layerwise: the same fraction of "
+                              "every layer | erk: Erdos-Renyi-kernel layer budgets | magnitude-budget: each layer keeps "
+                              "as many as global magnitude pruning leaves it; the scores choose which", choices=SCOPES)
     score_batches: int | None = _f(None, "batches summed for gradient scores (default: one epoch, at most 100)", gt=0)
     score_form: str = _f("taylor", "gradient score: taylor |w*g| | grad |g| | taylor2 (w*g)^2", choices=SCORE_FORMS)
     prune_first: bool = _f(True, "prune the first convolution")
@@ -342,6 +344,10 @@ def _validate(cfg, check_files: bool = True) -> None:
             raise UserError(f"sparsity must lie strictly between 0 and 1, got {s}")
     if isinstance(sp, list) and len(set(sp)) != len(sp):
         raise UserError(f"sparsity: values repeat in {sp}")
+    if hasattr(cfg, "scope"):
+        from kdprune.pruning.threshold import MaskOptions
+
+        MaskOptions.of(cfg).check()
     _validate_names_and_files(cfg, check_files)
 
 

@@ -42,7 +42,7 @@ from kdprune.pruning.criteria import get_criterion
 from kdprune.pruning.masks import MaskSet, sparsity_report
 from kdprune.pruning.progressive import progressive_masks, rescoring
 from kdprune.pruning.prunable import prunable_parameters
-from kdprune.pruning.threshold import MaskOptions
+from kdprune.pruning.threshold import MaskOptions, weights_of
 from kdprune.train import evaluate
 from kdprune.train.stage import make_env, optim_spec, run_training_stage
 
@@ -120,8 +120,9 @@ def prune_checkpoint(cfg: PruneConfig) -> dict:
         keep = crit.masks_for(model, params, batches(), cfg.sparsity, cfg.scope, **kwargs)
     else:
         dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+        options = MaskOptions.of(cfg, weights_of(params))
         score_masked = rescoring(model, dense_state, lambda: crit.score(model, params, batches(), **kwargs))
-        keep = progressive_masks(score_masked, cfg.sparsity, cfg.score_rounds, MaskOptions.of(cfg))
+        keep = progressive_masks(score_masked, cfg.sparsity, cfg.score_rounds, options)
         model.load_state_dict(dense_state)
     score_s = time.perf_counter() - t0
     masks = MaskSet(keep).bind(model)

@@ -69,9 +69,11 @@ def log(env: Env, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def threshold_masks(cfg, scores, sparsity: float) -> MaskSet:
-    """Step 4 with the run's options: ``--scope`` (and the collapse guards ``--layer-floor``, ``--score-norm``)."""
-    return MaskSet(prune_masks(scores, sparsity, MaskOptions.of(cfg)))
+def threshold_masks(cfg, scores, sparsity: float, weights: dict | None = None) -> MaskSet:
+    """Step 4 with the run's options: ``--scope`` (and the collapse guards ``--layer-floor``, ``--score-norm``).
+    ``weights``: the dense weights being pruned (:func:`~kdprune.pruning.threshold.weights_of`), which
+    ``--scope magnitude-budget`` reads."""
+    return MaskSet(prune_masks(scores, sparsity, MaskOptions.of(cfg, weights)))
 
 
 def retrain_spec(cfg) -> OptimSpec:
@@ -92,6 +94,8 @@ def variant(cfg) -> str:
     """What a post-training row did beyond the paper's one-shot step: its retraining schedule and the
     collapse guards, e.g. ``"restart, progressive R=20"`` (empty for the other recipes)."""
     parts = [getattr(cfg, "retrain_schedule", "finetune")]
+    if getattr(cfg, "scope", "global") != "global":
+        parts.append(f"{cfg.scope} scope")
     if getattr(cfg, "score_rounds", 1) > 1:
         parts.append(f"progressive R={cfg.score_rounds}")
     if getattr(cfg, "layer_floor", 0.0) > 0:

@@ -32,6 +32,7 @@ from kdprune.methods.recipe import Recipe
 from kdprune.methods.result import Cost
 from kdprune.pruning.criteria import loss_gradient_scores
 from kdprune.pruning.prunable import prunable_parameters
+from kdprune.pruning.threshold import weights_of
 from kdprune.train.stage import optim_spec, run_training_stage
 
 
@@ -62,6 +63,7 @@ def run_epsd(ctx) -> None:
     barrier()
     warm_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     params = prunable_parameters(model, cfg.prune_first, cfg.prune_last)
+    weights = weights_of(params)
     scores_info = out / "scores.json"
     n_batches = score_batches(cfg, env)
     t0 = time.perf_counter()
@@ -80,7 +82,7 @@ def run_epsd(ctx) -> None:
     score_s = read_json(scores_info)["seconds"] if synced(scores_info.is_file) else score_s
     for s in cfg.sparsity:
         sdir = sparsity_dir(out, s)
-        masks = threshold_masks(cfg, scores, s)
+        masks = threshold_masks(cfg, scores, s, weights)
         model.load_state_dict(warm_state)
         pruned = ctx.pruned_top1(sdir, model, masks, list(params))
         rdir = sdir / regime

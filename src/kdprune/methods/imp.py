@@ -66,7 +66,7 @@ def run_imp(ctx) -> None:
             params = prunable_parameters(model, cfg.prune_first, cfg.prune_last)
             scores = {n: p.detach().abs().float() for n, p in params.items()}
             scores = nest(scores, masks.masks if masks is not None else None)  # already pruned go first
-            masks = MaskSet(prune_masks(scores, s, MaskOptions(cfg.scope)))
+            masks = MaskSet(prune_masks(scores, s, MaskOptions(cfg.scope, weights=params)))
             rdir = out / "imp" / regime / f"round-{k:02d}-{s:g}"
             pruned = ctx.pruned_top1(rdir, model, masks, list(params))
             start = rewind_state

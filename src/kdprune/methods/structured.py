@@ -47,6 +47,7 @@ from kdprune.methods.recipe import Recipe, regimes_of
 from kdprune.methods.result import Cost
 from kdprune.pruning import structured as S
 from kdprune.pruning.prunable import prunable_parameters
+from kdprune.pruning.threshold import weights_of
 from kdprune.train import evaluate
 from kdprune.train.stage import run_training_stage
 
@@ -231,7 +232,7 @@ def unstructured_twin(ctx: RunContext, student, dense_state: dict, scores: dict,
     student.load_state_dict(dense_state)
     params = prunable_parameters(student, cfg.prune_first, cfg.prune_last)
     s_u = twin_sparsity(params, plan)
-    masks = threshold_masks(cfg, {n: scores[n] for n in params}, s_u)
+    masks = threshold_masks(cfg, {n: scores[n] for n in params}, s_u, weights_of(params))
     udir = sdir / "unstructured"
     pruned = ctx.pruned_top1(udir, student, masks, list(params))
     student.load_state_dict(dense_state)

@@ -38,7 +38,7 @@ from kdprune.methods.result import Cost
 from kdprune.pruning.criteria import Criterion, get_criterion
 from kdprune.pruning.masks import MaskSet
 from kdprune.pruning.prunable import prunable_parameters
-from kdprune.pruning.threshold import MaskOptions
+from kdprune.pruning.threshold import MaskOptions, weights_of
 
 
 def run(ctx: RunContext) -> None:
@@ -50,6 +50,7 @@ def run(ctx: RunContext) -> None:
     kwargs = criterion_kwargs(criterion, cfg, env, teacher if criterion.needs_teacher else None)
     scores, score_info = score_student(ctx, criterion, student, params, kwargs)     # step 3
     dense_state = {k: v.clone() for k, v in student.state_dict().items()}
+    weights = weights_of(params)  # the dense weights (--scope magnitude-budget sets its budgets from them)
     shared = Cost.of(t_metrics) + Cost.of(s_metrics) + Cost(wall_seconds=score_info["seconds"])
     for s in cfg.sparsity:
         sdir = sparsity_dir(ctx.out, s)
@@ -58,9 +59,10 @@ def run(ctx: RunContext) -> None:
             batches = iter(env.score_loader(cfg.seed)) if criterion.needs_data else None
             masks = MaskSet(criterion.masks_for(student, params, batches, s, cfg.scope, **kwargs))
         elif cfg.score_rounds > 1:  # an option: progressive re-scoring (round 1 is the scores above)
-            masks, extra_scoring = progressive(ctx, criterion, student, dense_state, params, kwargs, scores, s)
+            masks, extra_scoring = progressive(ctx, criterion, student, dense_state, params, kwargs, scores, s,
+                                               weights)
         else:
-            masks = threshold_masks(cfg, scores, s)                                  # step 4
+            masks = threshold_masks(cfg, scores, s, weights)                         # step 4
         student.load_state_dict(dense_state)
         pruned = ctx.pruned_top1(sdir, student, masks, list(params))
         log(env, f"sparsity {s:g}: one-shot pruned top-1 {pruned['top1']:.2f}% (before retraining)")
@@ -95,7 +97,7 @@ def score_student(ctx: RunContext, criterion: Criterion, student, params: dict, 
 
 
 def progressive(ctx: RunContext, criterion: Criterion, student, dense_state: dict, params: dict, kwargs: dict,
-                first_scores: dict, sparsity: float) -> tuple[MaskSet, dict]:
+                first_scores: dict, sparsity: float, weights: dict) -> tuple[MaskSet, dict]:
     """``--score-rounds R``: the mask at ``sparsity`` reached in R score->mask steps, each re-scoring the
     masked student (no training); kept in ``sparsity-S/masks-progressive.safetensors``. Returns the masks
     and the scoring cost beyond the first round's (which ``score_student`` already paid)."""
@@ -110,7 +112,7 @@ def progressive(ctx: RunContext, criterion: Criterion, student, dense_state: dic
 
     score_masked = rescoring(student, dense_state, lambda: criterion.score(
         student, params, iter(env.score_loader(cfg.seed)) if criterion.needs_data else None, **kwargs), first_scores)
-    masks = MaskSet(progressive_masks(score_masked, sparsity, cfg.score_rounds, MaskOptions.of(cfg)))
+    masks = MaskSet(progressive_masks(score_masked, sparsity, cfg.score_rounds, MaskOptions.of(cfg, weights)))
     student.load_state_dict(dense_state)
     info = {"seconds": time.perf_counter() - t0,
             "batches": (cfg.score_rounds - 1) * (kwargs.get("num_batches", 0) if criterion.needs_data else 0)}

@@ -1,5 +1,12 @@
 """Turning scores into masks: one global threshold, or one per layer, removing exactly k weights.
 
+Scopes (``MaskOptions.scope``): ``global`` (the paper's) lets one threshold over all layers decide how much
+of each layer survives. The others fix every layer's budget first and let the scores choose only *which*
+weights a layer keeps: ``layerwise`` (the same fraction of every layer), ``erk`` (Erdős–Rényi-kernel
+densities, Evci et al., "Rigging the Lottery", ICML 2020: density proportional to
+``(c_in + c_out + k_h + k_w) / (c_in * c_out * k_h * k_w)``, dense where that passes 1) and
+``magnitude-budget`` (each layer keeps as many weights as one global magnitude threshold would leave it).
+
 Scores are compared in float32. ``k = round(sparsity * n)`` weights with the lowest scores are removed;
 among weights whose score equals the k-th smallest, those with the lowest flat index (layers in module
 order, then row-major within a layer) are removed first, so the result is deterministic.
@@ -8,12 +15,15 @@ order, then row-major within a layer) are removed first, so the result is determ
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from kdprune.choices import SCOPES, SCORE_NORMS
 from kdprune.errors import UserError, check_choice
+
+
+BUDGETED = ("erk", "magnitude-budget")  # the scopes that set every layer's budget before the scores act
 
 
 @dataclass(frozen=True)
@@ -24,11 +34,29 @@ class MaskOptions:
     scope: str = "global"
     layer_floor: float = 0.0
     score_norm: str = "none"
+    # the weights being pruned, {name: tensor}: ``magnitude-budget`` sets its budgets from their magnitudes
+    weights: dict | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def of(cls, cfg) -> "MaskOptions":
-        """The mask options of a run's config (any object with these fields; absent ones keep the defaults)."""
-        return cls(*(getattr(cfg, f, d) for f, d in (("scope", "global"), ("layer_floor", 0.0), ("score_norm", "none"))))
+    def of(cls, cfg, weights: dict | None = None) -> "MaskOptions":
+        """The mask options of a run's config (any object with these fields; absent ones keep the defaults),
+        with the weights being pruned (only ``--scope magnitude-budget`` reads them)."""
+        return cls(*(getattr(cfg, f, d) for f, d in (("scope", "global"), ("layer_floor", 0.0), ("score_norm", "none"))),
+                   weights=weights)
+
+    def check(self) -> "MaskOptions":
+        """The checks between the options (one line each, before anything trains)."""
+        check_choice("scope", self.scope, SCOPES)
+        check_choice("score_norm", self.score_norm, SCORE_NORMS)
+        if self.layer_floor > 0 and self.scope in BUDGETED:
+            raise UserError(f"layer_floor is a guard of the global scope: scope {self.scope} sets every layer's "
+                            f"budget itself")
+        return self
+
+
+def weights_of(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A detached copy of the weights being pruned, taken while they are dense (``magnitude-budget`` reads it)."""
+    return {n: p.detach().clone() for n, p in params.items()}
 
 
 def check_sparsity(sparsity: float) -> float:
@@ -105,13 +133,19 @@ def prune_masks(scores: dict[str, torch.Tensor], sparsity: float, options: MaskO
                 ) -> dict[str, torch.Tensor]:
     """Step 4 with its options: scores -> keep-masks removing exactly ``round(sparsity * N)`` weights. Every
     rule that thresholds scores (one-shot, progressive, IMP's rounds, SynFlow's iterations) comes here."""
-    check_choice("scope", options.scope, SCOPES)
+    options.check()
     scores = normalize_scores(scores, options.score_norm)
     if options.scope == "global":
         return global_masks(scores, sparsity, options.layer_floor)
-    if options.layer_floor > 1.0 - sparsity + 1e-12:  # layerwise
-        raise UserError(f"layer_floor {options.layer_floor} is above the density {1 - sparsity:g} every layer keeps")
-    return layerwise_masks(scores, sparsity)
+    if options.scope == "layerwise":
+        if options.layer_floor > 1.0 - sparsity + 1e-12:
+            raise UserError(f"layer_floor {options.layer_floor} is above the density {1 - sparsity:g} every layer keeps")
+        return layerwise_masks(scores, sparsity)
+    if options.scope == "erk":
+        return budget_masks(scores, erk_budgets({n: v.shape for n, v in scores.items()}, sparsity))
+    if options.weights is None:
+        raise UserError("scope magnitude-budget needs the weights being pruned (their magnitudes set the budgets)")
+    return budget_masks(scores, magnitude_budgets({n: options.weights[n] for n in scores}, sparsity))
 
 
 def nest(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -141,3 +175,48 @@ def layerwise_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[st
         flat = s.detach().float().flatten()
         out[n] = _keep_mask(flat, int(round(sparsity * flat.numel()))).view_as(s)
     return out
+
+
+def budget_masks(scores: dict[str, torch.Tensor], keep: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Every layer keeps exactly ``keep[name]`` weights, its highest-scored ones (ties by index)."""
+    out = {}
+    for n, s in scores.items():
+        flat = s.detach().float().flatten()
+        out[n] = _keep_mask(flat, flat.numel() - keep[n]).view_as(s)
+    return out
+
+
+def magnitude_budgets(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str, int]:
+    """How many weights each layer keeps under one global magnitude threshold at ``sparsity``."""
+    masks = global_masks({n: w.detach().abs() for n, w in weights.items()}, sparsity)
+    return {n: int(m.sum()) for n, m in masks.items()}
+
+
+def erk_budgets(shapes: dict[str, torch.Size], sparsity: float) -> dict[str, int]:
+    """Erdős–Rényi-kernel keep counts (RigL's ``erdos_renyi_kernel``): layer density ``eps * sum(shape) /
+    prod(shape)`` with one ``eps`` for all layers, solved so that exactly ``N - round(sparsity * N)`` weights
+    stay; a layer whose density would pass 1 stays dense and ``eps`` is solved again over the others.
+    Rounding: largest remainders, so the total is exact."""
+    check_sparsity(sparsity)
+    sizes = {n: torch.Size(s).numel() for n, s in shapes.items()}
+    total = sum(sizes.values())
+    keep_total = total - int(round(sparsity * total))
+    raw = {n: sum(shapes[n]) / sizes[n] for n in shapes}
+    dense: set[str] = set()
+    while True:
+        free = [n for n in shapes if n not in dense]
+        if not free:
+            eps = 0.0
+            break
+        budget = keep_total - sum(sizes[n] for n in dense)
+        eps = budget / sum(raw[n] * sizes[n] for n in free)
+        over = [n for n in free if eps * raw[n] > 1.0]
+        if not over:
+            break
+        dense.update(over)
+    exact = {n: float(sizes[n]) if n in dense else eps * raw[n] * sizes[n] for n in shapes}
+    keep = {n: math.floor(v) for n, v in exact.items()}
+    by_remainder = sorted((n for n in shapes if keep[n] < sizes[n]), key=lambda n: keep[n] - exact[n])
+    for n in by_remainder[:keep_total - sum(keep.values())]:
+        keep[n] += 1
+    return keep
