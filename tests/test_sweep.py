@@ -4,8 +4,10 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 
 SWEEP = """out: {out}
 grid:
@@ -225,3 +227,17 @@ base:
     assert "1 run failed" in out and out.count(" 1 new results") == 1
     con = sqlite3.connect(str(tmp_path / "out" / "results.sqlite"))
     assert [r[0] for r in con.execute("SELECT target_latency FROM results")] == [1.1]
+
+
+
+_SWEEPS = sorted(p for p in (Path(__file__).parent.parent / "configs").glob("*/*.yaml")
+                 if "grid" in yaml.safe_load(p.read_text()))
+
+
+@pytest.mark.parametrize("path", _SWEEPS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_committed_sweep_is_valid(path):
+    """Every committed sweep validates (options, choices, the checks between options), data files aside."""
+    from kdprune.experiments.sweep import load_sweep
+
+    _, cfgs = load_sweep(path, check_files=False)
+    assert cfgs and len({c.out for c in cfgs}) == len(cfgs)  # every run its own folder
