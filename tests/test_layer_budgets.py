@@ -14,6 +14,7 @@ from kdprune import api
 from kdprune.errors import UserError
 from kdprune.models import create_model
 from kdprune.pruning.prunable import prunable_parameters
+from kdprune.pruning.progressive import progressive_masks
 from kdprune.pruning.threshold import MaskOptions, erk_budgets, global_masks, magnitude_budgets, prune_masks
 
 
@@ -95,9 +96,41 @@ def test_budgeted_scopes_reject_the_global_scopes_guard_and_need_weights():
     assert {n: int(v.sum()) for n, v in m.masks.items()} == budgets
 
 
+def test_magnitude_budget_masks_nest_across_rounds_and_erk_refuses_rounds():
+    weights = _resnet20_weights()
+    g = torch.Generator().manual_seed(3)
+    seen = []
+
+    def score_masked(masks):  # fresh random scores every round, as re-scoring a masked model would give
+        seen.append(masks)
+        return {n: torch.rand(w.shape, generator=g) for n, w in weights.items()}
+
+    final = progressive_masks(score_masked, 0.95, 4, MaskOptions("magnitude-budget", weights=weights))
+    rounds = [m for m in seen[1:]] + [final]
+    for before, after in zip(rounds, rounds[1:]):
+        assert all(not (after[n] & ~before[n]).any() for n in after)  # nested: nothing pruned comes back
+    assert {n: int(m.sum()) for n, m in final.items()} == magnitude_budgets(weights, 0.95)
+    with pytest.raises(UserError, match="scope erk is one-shot"):
+        progressive_masks(score_masked, 0.95, 4, MaskOptions("erk"))
+    # one round of erk is its one-shot mask
+    one = progressive_masks(lambda masks: {n: w.abs() for n, w in weights.items()}, 0.95, 1, MaskOptions("erk"))
+    assert {n: int(m.sum()) for n, m in one.items()} == erk_budgets({n: w.shape for n, w in weights.items()}, 0.95)
+
+
+def test_scope_names_the_recipes_that_read_it():
+    from kdprune.choices import SCOPED_RECIPES
+    from kdprune.methods import METHODS
+
+    recipes = {m.recipe.name for m in METHODS.values()} | {"channel"}
+    assert set(SCOPED_RECIPES) <= recipes and "colt" not in SCOPED_RECIPES and "dense" not in SCOPED_RECIPES
+
+
 @pytest.mark.parametrize("args, message", [
     (["--scope", "erk", "--layer-floor", "0.1"], "layer_floor is a guard of the global scope: scope erk"),
     (["--scope", "per-layer"], "scope: expected one of global, layerwise, erk, magnitude-budget"),
+    (["--scope", "erk", "--score-rounds", "3"], "scope erk is one-shot"),
+    (["--scope", "erk", "--method", "imp"], "scope erk is one-shot"),
+    (["--scope", "erk", "--method", "synflow"], "scope erk is one-shot"),
 ])
 def test_scope_is_validated_before_anything_trains(tmp_path, run_cli, args, message):
     code, _, err = run_cli("run", "--out", tmp_path / "x", *args)

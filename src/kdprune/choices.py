@@ -10,6 +10,7 @@ SCHEDULES = ("cosine", "multistep", "constant")
 KD_LOSSES = ("ca-kld", "kd")  # the paper's CA-KLD on z-scored logits | Hinton's KD
 KD_STDS = ("population", "sample")
 SCOPES = ("global", "layerwise", "erk", "magnitude-budget")  # global: the paper's; the rest set per-layer budgets
+SCOPED_RECIPES = ("post-training", "at-init", "imp", "epsd", "channel")  # the recipes whose masks --scope shapes
 SCORE_NORMS = ("none", "l2", "mean")
 SCORE_FORMS = ("taylor", "grad", "taylor2")
 STRUCTURES = ("unstructured", "channel")

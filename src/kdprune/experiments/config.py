@@ -28,6 +28,7 @@ from kdprune.choices import (
     RETRAIN,
     RETRAIN_SCHEDULES,
     SCHEDULES,
+    SCOPED_RECIPES,
     SCOPES,
     SCORE_FORMS,
     SCORE_NORMS,
@@ -119,7 +120,8 @@ class PruneOptions:
     method: str = _f("teacher-guided", "pruning method (`kdprune methods`; `prune` takes its criterion)")
     scope: str = _f("global", "global: one threshold over all layers (the paper's) | layerwise: the same fraction of "
                               "every layer | erk: Erdos-Renyi-kernel layer budgets | magnitude-budget: each layer keeps "
-                              "as many as global magnitude pruning leaves it; the scores choose which", choices=SCOPES)
+                              "as many as global magnitude pruning leaves it; the scores choose which", choices=SCOPES,
+                    used_by=SCOPED_RECIPES)
     score_batches: int | None = _f(None, "batches summed for gradient scores (default: one epoch, at most 100)", gt=0)
     score_form: str = _f("taylor", "gradient score: taylor |w*g| | grad |g| | taylor2 (w*g)^2", choices=SCORE_FORMS)
     prune_first: bool = _f(True, "prune the first convolution")
@@ -345,9 +347,10 @@ def _validate(cfg, check_files: bool = True) -> None:
     if isinstance(sp, list) and len(set(sp)) != len(sp):
         raise UserError(f"sparsity: values repeat in {sp}")
     if hasattr(cfg, "scope"):
-        from kdprune.pruning.threshold import MaskOptions
+        from kdprune.pruning.threshold import MaskOptions, check_rounds
 
         MaskOptions.of(cfg).check()
+        check_rounds(cfg.scope, _mask_rounds(cfg))
     _validate_names_and_files(cfg, check_files)
 
 
@@ -525,6 +528,21 @@ def build_config(cls, overrides: dict[str, Any], config_file: str | None = None,
 
 def to_dict(cfg) -> dict:
     return asdict(cfg)
+
+
+def _mask_rounds(cfg) -> int:
+    """How many times a run thresholds scores into nested masks on the way to one sparsity: 1, or more for
+    progressive scoring, the iterative recipes (IMP, COLT) and an iterative criterion (SynFlow)."""
+    from kdprune.methods import METHODS, method_or_structured
+    from kdprune.pruning.criteria import CRITERIA
+
+    if getattr(cfg, "method", "") not in METHODS:
+        return 1
+    method = method_or_structured(cfg)
+    criterion = CRITERIA.get(method.criterion)
+    if method.recipe.iterative or (criterion is not None and criterion.iterative):
+        return 2
+    return getattr(cfg, "score_rounds", 1)
 
 
 def _recipe(cfg) -> str | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from kdprune.choices import DEFAULT_ALPHA
+from kdprune.choices import DEFAULT_ALPHA, SCOPED_RECIPES
 from kdprune.distributed import all_gather_object, barrier, synced
 from kdprune.errors import UserError
 from kdprune.io import append_jsonl, read_json, save_tensors, write_json, write_yaml
@@ -94,8 +94,6 @@ def variant(cfg) -> str:
     """What a post-training row did beyond the paper's one-shot step: its retraining schedule and the
     collapse guards, e.g. ``"restart, progressive R=20"`` (empty for the other recipes)."""
     parts = [getattr(cfg, "retrain_schedule", "finetune")]
-    if getattr(cfg, "scope", "global") != "global":
-        parts.append(f"{cfg.scope} scope")
     if getattr(cfg, "score_rounds", 1) > 1:
         parts.append(f"progressive R={cfg.score_rounds}")
     if getattr(cfg, "layer_floor", 0.0) > 0:
@@ -280,6 +278,9 @@ class RunContext:
         counts = self.teacher_counts(regime)
         teacher_m = stages.teacher()[1] if counts else None
         dense_top1 = stages.get(self.method.recipe.reference_stage(regime))[1]["top1"]
+        scope = getattr(cfg, "scope", "global")
+        if scope != "global" and self.method.recipe.name in SCOPED_RECIPES and extra.get("structure") != "channel":
+            variant = ", ".join(p for p in (variant, f"{scope} scope") if p)  # per-layer budgets, not the paper's
         row = ResultRow(
             dataset=cfg.dataset, arch=cfg.arch, teacher_arch=cfg.teacher_arch, method=cfg.method, regime=regime,
             variant=variant, seed=cfg.seed, target_sparsity=s, achieved_sparsity=m["sparsity"]["sparsity"],

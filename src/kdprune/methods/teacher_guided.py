@@ -54,6 +54,7 @@ def run(ctx: RunContext) -> None:
     shared = Cost.of(t_metrics) + Cost.of(s_metrics) + Cost(wall_seconds=score_info["seconds"])
     for s in cfg.sparsity:
         sdir = sparsity_dir(ctx.out, s)
+        student.load_state_dict(dense_state)  # the level before left its mask applied
         extra_scoring = {"seconds": 0.0, "batches": 0}
         if scores is None:  # an iterative criterion (SynFlow) builds its own masks
             batches = iter(env.score_loader(cfg.seed)) if criterion.needs_data else None

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from kdprune.pruning.threshold import MaskOptions, nest, normalize_scores, prune_masks
+from kdprune.pruning.threshold import MaskOptions, check_rounds, nest, normalize_scores, prune_masks
 
 
 def schedule(sparsity: float, rounds: int) -> list[float]:
@@ -27,6 +27,7 @@ def progressive_masks(score_masked: Callable[[dict[str, torch.Tensor] | None], d
     """``score_masked(masks)`` returns the scores of the model with ``masks`` applied (``None``: dense).
     Scores are normalised (``options.score_norm``) before already-pruned weights are set below every kept
     one (:func:`~kdprune.pruning.threshold.nest`)."""
+    check_rounds(options.scope, rounds)
     masks, normalised = None, replace(options, score_norm="none")
     for s_k in schedule(sparsity, rounds):
         masks = prune_masks(nest(normalize_scores(score_masked(masks), options.score_norm), masks), s_k, normalised)

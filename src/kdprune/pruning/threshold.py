@@ -54,6 +54,14 @@ class MaskOptions:
         return self
 
 
+def check_rounds(scope: str, rounds: int) -> None:
+    """``erk`` builds one mask: its per-layer rounding can hand a layer back a weight at a higher sparsity, so
+    masks reached in several nested rounds (progressive scoring, IMP, SynFlow) would not nest."""
+    if scope == "erk" and rounds > 1:
+        raise UserError("scope erk is one-shot: its per-layer rounding does not nest across rounds (progressive "
+                        "scoring, IMP, COLT, SynFlow); use scope global, layerwise or magnitude-budget there")
+
+
 def weights_of(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A detached copy of the weights being pruned, taken while they are dense (``magnitude-budget`` reads it)."""
     return {n: p.detach().clone() for n, p in params.items()}
