@@ -85,8 +85,12 @@ def test_budgeted_scopes_reject_the_global_scopes_guard_and_need_weights():
     scores = {n: w.abs() for n, w in weights.items()}
     with pytest.raises(UserError, match="layer_floor is a guard of the global scope: scope erk"):
         prune_masks(scores, 0.9, MaskOptions("erk", layer_floor=0.1))
+    with pytest.raises(UserError, match="score_norm is a guard of the global scope: scope magnitude-budget"):
+        prune_masks(scores, 0.9, MaskOptions("magnitude-budget", score_norm="l2", weights=weights))
     with pytest.raises(UserError, match="magnitude-budget needs the weights"):
         prune_masks(scores, 0.9, MaskOptions("magnitude-budget"))
+    with pytest.raises(UserError, match="magnitude-budget needs the weights"):
+        prune_masks(scores, 0.9, MaskOptions("magnitude-budget", weights={"fc.weight": weights["fc.weight"]}))
     with pytest.raises(UserError, match="needs weights="):
         api.mask(scores, 0.9, scope="magnitude-budget")
     model = create_model("resnet20", num_classes=10)

@@ -48,8 +48,9 @@ class MaskOptions:
         """The checks between the options (one line each, before anything trains)."""
         check_choice("scope", self.scope, SCOPES)
         check_choice("score_norm", self.score_norm, SCORE_NORMS)
-        if self.layer_floor > 0 and self.scope in BUDGETED:
-            raise UserError(f"layer_floor is a guard of the global scope: scope {self.scope} sets every layer's "
+        if self.scope in BUDGETED and (self.layer_floor > 0 or self.score_norm != "none"):
+            name = "layer_floor" if self.layer_floor > 0 else "score_norm"
+            raise UserError(f"{name} is a guard of the global scope: scope {self.scope} sets every layer's "
                             f"budget itself")
         return self
 
@@ -151,7 +152,7 @@ def prune_masks(scores: dict[str, torch.Tensor], sparsity: float, options: MaskO
         return layerwise_masks(scores, sparsity)
     if options.scope == "erk":
         return budget_masks(scores, erk_budgets({n: v.shape for n, v in scores.items()}, sparsity))
-    if options.weights is None:
+    if options.weights is None or not set(scores) <= set(options.weights):
         raise UserError("scope magnitude-budget needs the weights being pruned (their magnitudes set the budgets)")
     return budget_masks(scores, magnitude_budgets({n: options.weights[n] for n in scores}, sparsity))
 
