@@ -396,7 +396,7 @@ def ablation_panels(agg: dict, dataset: str) -> list[tuple[str, list]]:
     return panels
 
 
-_GUARDS = ("progressive", "floor", "-norm")
+_GUARDS = ("progressive", "floor", "-norm", " scope")  # the options against layer collapse (variant names)
 
 
 def _paper() -> str:
