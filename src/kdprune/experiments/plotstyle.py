@@ -68,7 +68,8 @@ def method_colors(methods) -> dict[str, tuple]:
 
 def variant_look(label: str, marker: str) -> tuple[str, float]:
     """Retraining schedules of one method apart: finetune faint crosses, lr-rewind diamonds, restart as is;
-    collapse guards as left triangles (progressive), up triangles (floor) and stars (score norm), other
+    collapse guards as left triangles (progressive), up triangles (floor), stars (score norm), hexagons
+    (erk scope), crosses (magnitude-budget scope) and right triangles (layerwise scope), other
     retraining budgets as pentagons; the unstructured twin of channel pruning as faint down-triangles,
     rounded channel widths as pluses."""
     if "unstructured" in label:
@@ -88,7 +89,8 @@ def variant_look(label: str, marker: str) -> tuple[str, float]:
 # (label part, marker, tab20b colour index or None for the method's colour): the collapse guards, then
 # the retraining budgets; colours are given to the CPU CIFAR-10 benchmark's 1 and 6 epochs, any other
 # budget keeps its method's colour
-OPTION_LOOKS = (("progressive", "<", 0), ("floor", "^", 4), ("-norm", "*", 9), ("1 ep", "p", 16),
+OPTION_LOOKS = (("progressive", "<", 0), ("floor", "^", 4), ("-norm", "*", 9), ("erk scope", "h", 1),
+                 ("magnitude-budget scope", "X", 14), ("layerwise scope", ">", 6), ("1 ep", "p", 16),
                  ("6 ep", "p", 12), (" ep", "p", None))
 
 
