@@ -203,8 +203,7 @@ def mask(scores: dict[str, torch.Tensor], sparsity: float, *, scope: str = "glob
         weights = prunable_parameters(weights)
     if scope == "magnitude-budget" and (weights is None or not set(scores) <= set(weights)):
         raise UserError("scope='magnitude-budget' needs weights=: the model, or its weights by the scores' names")
-    return MaskSet(prune_masks(scores, sparsity, MaskOptions(scope, layer_floor, score_norm,
-                                                             weights_of(weights) if weights else None)))
+    return MaskSet(prune_masks(scores, sparsity, MaskOptions(scope, layer_floor, score_norm, weights)))
 
 
 def progressive_mask(model: nn.Module, data, sparsity: float, *, rounds: int, scope: str = "global",

@@ -64,7 +64,6 @@ def run(ctx: RunContext) -> None:
                                                weights)
         else:
             masks = threshold_masks(cfg, scores, s, weights)                         # step 4
-        student.load_state_dict(dense_state)
         pruned = ctx.pruned_top1(sdir, student, masks, list(params))
         log(env, f"sparsity {s:g}: one-shot pruned top-1 {pruned['top1']:.2f}% (before retraining)")
         for regime in ctx.regimes:                                                  # step 5

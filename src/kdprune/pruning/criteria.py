@@ -81,13 +81,12 @@ class Criterion:
     def masks_for(self, model: nn.Module, params: dict[str, nn.Parameter], batches: Iterable | None,
                   sparsity: float, scope: str = "global", **kw) -> dict[str, torch.Tensor]:
         """Boolean keep-masks at ``sparsity``: threshold the scores, or the criterion's own schedule."""
-        from kdprune.pruning.threshold import MaskOptions, prune_masks, weights_of
+        from kdprune.pruning.threshold import MaskOptions, prune_masks
 
         if self.masks_fn is not None:
             self._check(kw)
             return self.masks_fn(model, params, batches, sparsity, scope, **kw)
-        return prune_masks(self.score(model, params, batches, **kw), sparsity,
-                           MaskOptions(scope, weights=weights_of(params)))
+        return prune_masks(self.score(model, params, batches, **kw), sparsity, MaskOptions(scope, weights=params))
 
 
 def _magnitude(model, params, batches, **kw):
@@ -246,11 +245,11 @@ def _synflow_masks(model, params, batches, sparsity, scope, *, input_shape=None,
     SynFlow score of the masked network. Pruned weights rank below every kept one, so the masks shrink
     monotonically and the last round removes exactly the target fraction."""
     from kdprune.pruning.progressive import progressive_masks
-    from kdprune.pruning.threshold import MaskOptions, weights_of
+    from kdprune.pruning.threshold import MaskOptions
 
     input_shape = _need_input_shape(input_shape)
     return progressive_masks(lambda masks: _synflow_scores(model, params, None, input_shape=input_shape, masks=masks),
-                             sparsity, synflow_iterations, MaskOptions(scope, weights=weights_of(params)))
+                             sparsity, synflow_iterations, MaskOptions(scope, weights=params))
 
 
 CRITERIA: dict[str, Criterion] = {

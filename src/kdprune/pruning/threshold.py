@@ -179,11 +179,7 @@ def split_flat(flat: torch.Tensor, shapes: dict[str, torch.Size]) -> dict[str, t
 def layerwise_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
     """The same fraction removed from every layer (each layer thresholded on its own)."""
     check_sparsity(sparsity)
-    out = {}
-    for n, s in scores.items():
-        flat = s.detach().float().flatten()
-        out[n] = _keep_mask(flat, int(round(sparsity * flat.numel()))).view_as(s)
-    return out
+    return budget_masks(scores, {n: s.numel() - int(round(sparsity * s.numel())) for n, s in scores.items()})
 
 
 def budget_masks(scores: dict[str, torch.Tensor], keep: dict[str, int]) -> dict[str, torch.Tensor]:
