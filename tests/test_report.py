@@ -83,11 +83,11 @@ def test_one_seed_report_shows_no_spread_and_no_radar_for_one_method(tmp_path, r
     assert not (tmp_path / "rep" / "radar.png").exists()
 
 
-def _compute_report(tmp_path, run_cli, imp_top1):
+def _compute_report(tmp_path, run_cli, imp_top1, seeds=(0, 1)):
     d = tmp_path / "c"
     d.mkdir()
     rows = []
-    for seed in (0, 1):
+    for seed in seeds:
         # one-shot at three retraining budgets (1, 3 and 6 epochs), IMP and COLT
         for epochs, top1, imgs in ((1, 95.0, 2000), (3, 97.8, 3000), (6, 98.2, 6000)):
             rows.append(_row("teacher-guided", "kd", seed, 0.9, top1, epochs=epochs, images_fwd_bwd=imgs,
@@ -110,6 +110,17 @@ def test_accuracy_against_compute_names_the_cheapest_budget_near_imp(tmp_path, r
     assert "**kd, 3 ep** at 97.80%, 0.150 of IMP's images with the teacher's training counted (0.100 with a " \
            "pre-trained teacher), 0.200 of COLT's (0.133)" in md
     assert (tmp_path / "rep" / "accuracy_vs_compute_digits.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_accuracy_against_compute_shows_no_spread_for_one_seed(tmp_path, run_cli):
+    md = _compute_report(tmp_path, run_cli, imp_top1=98.0, seeds=(0,))
+    assert "| imp (plain) | 98.00 | 20,000 | 20,000 |" in md and "| colt (plain) | 97.00 | 15,000 | 15,000 |" in md
+    assert "±" not in md.split("accuracy against compute at 90%")[1].split("### ")[0]
+    assert (tmp_path / "rep" / "accuracy_vs_compute_digits.png").stat().st_size > 10_000
+    (tmp_path / "two").mkdir()
+    two = _compute_report(tmp_path / "two", run_cli, imp_top1=98.0)
+    assert "| imp (plain) | 98.00 ± 0.00 | 20,000 | 20,000 |" in two  # two seeds: the spread, even when it is 0
 
 
 def test_accuracy_against_compute_gives_the_gap_and_cost_when_no_budget_is_near_imp(tmp_path, run_cli):

@@ -242,11 +242,12 @@ COMPUTE_LEVELS = (0.9, 0.98)
 
 
 def _compute_points(agg: dict, dataset: str, arch: str, s: float) -> list[tuple]:
-    """(method, label, top-1 mean, std, images with the teacher, images without it) at sparsity ``s``."""
+    """(method, label, top-1 mean, std or None for one seed, images with the teacher, images without it) at
+    sparsity ``s``."""
     pts = []
     for (d, a, method, label, sp), c in agg.items():
         if (d, a) == (dataset, arch) and abs(sp - s) < 1e-9:
-            pts.append((method, label, c["mean"], c["std"], c["images_fwd_bwd"],
+            pts.append((method, label, c["mean"], c["std"] if c["n"] > 1 else None, c["images_fwd_bwd"],
                         c["images_fwd_bwd"] - c["teacher_images"]))
     return sorted(pts, key=lambda p: p[4])
 
@@ -266,7 +267,8 @@ def compute_markdown(agg: dict) -> str:
                       "| method (variant) | top-1 | images, teacher counted | images, teacher not counted |",
                       "|---|---:|---:|---:|"]
             for method, label, mean, std, imgs, no_t in pts:
-                lines.append(f"| {method} ({label}) | {mean:.2f} ± {std:.2f} | {imgs:,.0f} | {no_t:,.0f} |")
+                spread = "" if std is None else f" ± {std:.2f}"  # one seed has no spread to show
+                lines.append(f"| {method} ({label}) | {mean:.2f}{spread} | {imgs:,.0f} | {no_t:,.0f} |")
             lines.append("")
             if abs(s - 0.9) < 1e-9:
                 lines += [_cheapest_within(pts), ""]
@@ -441,7 +443,7 @@ def plot_compute(agg: dict, dataset: str, path: Path) -> bool:
                 ls, marker = style(label)
                 marker, _ = variant_look(label, marker)
                 color = series_color(colors, method, label)
-                ax.errorbar([imgs], [mean], yerr=[std], color=color, marker=marker, markersize=7,
+                ax.errorbar([imgs], [mean], yerr=None if std is None else [std], color=color, marker=marker, markersize=7,
                             capsize=3, linestyle="none", label=f"{method} ({label})")
                 if no_t < imgs:
                     ax.plot([no_t, imgs], [mean, mean], color=color, linewidth=0.8, alpha=0.6)
