@@ -283,3 +283,36 @@ def test_status_reads_the_folders_and_the_locks_of_a_local_sweep(tmp_path, run_c
     assert f"to do    run {started.name}" in out and "(resumes from its checkpoints)" in out
     code, out, _ = run_cli("sweep", f, "--status")  # the lock released: to do
     assert "0 running" in out and "4 to do" in out
+
+
+def _checkpoint_teacher_sweep(tmp_path, grid: str = "") -> Path:
+    """SWEEP with its teacher given as a file (a random ResNet-20: only the plumbing is under test)."""
+    from safetensors.torch import save_file
+
+    from kdprune.models import create_model
+
+    save_file(create_model("resnet20", 10, 1).state_dict(), str(tmp_path / "t.safetensors"))
+    f = tmp_path / "sweep.yaml"
+    text = SWEEP.format(out=tmp_path / "out", student_epochs=1).replace(
+        "teacher_epochs: 1", f"teacher_checkpoint: {tmp_path / 't.safetensors'}")
+    f.write_text(text.replace("method: [teacher-guided, magnitude]\n  seed: [0, 1]", grid) if grid else text)
+    return f
+
+
+def test_a_teacher_checkpoint_is_no_shared_stage(tmp_path, run_cli):
+    """Nothing trains a teacher given by a file: --status never lists it as a stage to do."""
+    code, out, _ = run_cli("sweep", _checkpoint_teacher_sweep(tmp_path), "--status")
+    assert code == 0 and "4 runs: 0 done, 0 running, 0 failed, 4 to do" in out
+    assert "teacher teacher-" not in out and out.count("to do    student student-") == 2
+
+
+@pytest.mark.slow
+def test_local_executor_runs_a_sweep_whose_teacher_is_a_checkpoint(tmp_path, run_cli):
+    """The student's job loads the teacher from its file (it once waited for a teacher stage never written)."""
+    f = _checkpoint_teacher_sweep(tmp_path, grid="method: [teacher-guided]\n  seed: [0]")
+    code, out, err = run_cli("sweep", f, *LOCAL)
+    assert code == 0, err
+    assert "FAILED" not in out and "done   student student-" in out and "done   run " in out
+    assert "teacher teacher-" not in out
+    code, out, _ = run_cli("sweep", f, "--status")
+    assert "1 runs: 1 done, 0 running, 0 failed, 0 to do; shared stages: 1 of 1 done" in out

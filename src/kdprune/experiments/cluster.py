@@ -270,7 +270,7 @@ class SweepJob:
             print(f"kdprune job: {item.label()} in {folder}{ddp}{resumes}", flush=True)
         if item.stage != "run":
             keys = dict(_shared_stages(item.cfg))[item.stage]
-            if item.stage == "student":
+            if item.stage == "student" and not item.cfg.teacher_checkpoint:
                 _require(_shared_dir(self.out, item.cfg, "teacher", _TEACHER) / "teacher")
             _train_shared_locked(self.out, item.cfg, item.stage, keys, folder)
             return 0
