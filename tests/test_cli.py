@@ -170,3 +170,15 @@ def test_threads_is_taken_before_or_after_the_command(tmp_path, run_cli):
     for args in (["--threads", "0", "run"], ["run", "--threads", "0"]):
         code, _, err = run_cli(*args, "--out", tmp_path / "x")
         assert code == 2 and "--threads must be at least 1" in err and not (tmp_path / "x").exists(), err
+
+
+@pytest.mark.slow
+def test_student_epochs_0_needs_no_rewind_option_except_for_imp(tmp_path, run_cli):
+    """--rewind-epoch is IMP's: other recipes take --student-epochs 0 (e.g. a pre-trained student) as it is."""
+    code, out, err = run_cli("--threads", "1", "run", "--student-epochs", "0", "--method", "magnitude", "--sparsity",
+                             "0.5", "--retrain", "plain", "--retrain-epochs", "1", "--out", tmp_path / "m")
+    assert code == 0, err
+    assert not list((tmp_path / "m" / "dense-ce").glob("rewind-*"))  # no epoch 1, so no rewind point
+    code, _, err = run_cli("run", "--student-epochs", "0", "--method", "imp", "--out", tmp_path / "i")
+    assert code == 2 and "rewind_epoch: must lie in [0, student_epochs=0], got 1" in err
+    assert not (tmp_path / "i").exists()

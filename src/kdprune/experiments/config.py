@@ -405,7 +405,8 @@ def _validate_names_and_files(cfg, check_files: bool = True) -> None:
 
         if getattr(cfg, "structure", "unstructured") == "unstructured":  # channel: checked above
             get_method(cfg.method)
-        if cfg.rewind_epoch < 0 or cfg.rewind_epoch > cfg.student_epochs:
+        reads_rewind = _recipe(cfg) in next(f_ for f_ in fields(cfg) if f_.name == "rewind_epoch").metadata["used_by"]
+        if cfg.rewind_epoch < 0 or (reads_rewind and cfg.rewind_epoch > cfg.student_epochs):
             raise UserError(f"rewind_epoch: must lie in [0, student_epochs={cfg.student_epochs}], got {cfg.rewind_epoch}")
     elif hasattr(cfg, "method") and getattr(cfg, "structure", "unstructured") == "unstructured":
         get_criterion(cfg.method)

@@ -193,7 +193,8 @@ class Stages:
         """A dense student trained with plain CE from the same initialisation (IMP's round 0).
 
         The stage always keeps its rewind point, so a dense stage trained for one method (or shared by a
-        sweep) serves IMP and COLT too.
+        sweep) serves IMP too; only a stage trained for fewer epochs than ``rewind_epoch`` has none (IMP's
+        validation refuses that pair, the other recipes do not read it).
         """
         if DENSE_CE not in self._done:
             cfg = self.cfg
@@ -205,7 +206,7 @@ class Stages:
                                    cfg.student_epochs, self.env, cfg, desc=f"dense {cfg.arch} (CE)",
                                    callbacks=(*self.callbacks, SaveRewindPoint(self.rewind_file, cfg.rewind_epoch)),
                                    extra={"arch": cfg.arch})
-            if not synced(self.rewind_file.is_file):
+            if cfg.rewind_epoch <= cfg.student_epochs and not synced(self.rewind_file.is_file):
                 raise UserError(f"{self.out / 'dense-ce'} was trained without its epoch-{cfg.rewind_epoch} rewind "
                                 "point; delete that folder to retrain it")
             log(self.env, f"dense {cfg.arch} (CE): top-1 {m['top1']:.2f}%")
