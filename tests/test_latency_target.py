@@ -194,9 +194,10 @@ def test_a_missing_onnxruntime_names_what_to_install(run_cli, tmp_path, monkeypa
     assert code == 2 and "pip install" in err and "kdprune[export]" in err and "--latency-runtime torch" in err
 
 
-def test_an_unreachable_target_stops_the_run_before_anything_trains(run_cli, tmp_path):
+@pytest.mark.parametrize("resume", [[], ["--resume"]])  # --resume on a new folder starts a run: checked too
+def test_an_unreachable_target_stops_the_run_before_anything_trains(run_cli, tmp_path, resume):
     code, _, err = run_cli("--threads", "1", "run", "--structure", "channel", "--target-latency", "50x",
-                           "--latency-runtime", "torch", "--out", tmp_path / "r")
+                           "--latency-runtime", "torch", "--out", tmp_path / "r", *resume)
     assert code == 2 and "out of reach" in err and "ask for at most" in err
     assert not (tmp_path / "r" / "teacher").exists()
 

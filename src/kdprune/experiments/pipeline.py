@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import torch
 
+from kdprune.distributed import synced_exists
 from kdprune.errors import UserError
 from kdprune.experiments.config import PruneConfig, RunConfig, TrainConfig
 from kdprune.experiments.outdir import follow_recorded, prepare_out
@@ -154,7 +156,8 @@ def run_pipeline(cfg: RunConfig, callbacks=()) -> list[dict]:
         if path:
             load_weights(build_model(arch, env, cfg.seed), path, arch, env.data.num_classes)
     _check_models(env, cfg.seed, {"student": cfg.arch, "teacher": cfg.teacher_arch})
-    if cfg.structure == "channel" and cfg.target_latency is not None and not cfg.resume:
+    resuming = cfg.resume and synced_exists(Path(cfg.out) / "config.yaml")  # --resume on a new folder starts it
+    if cfg.structure == "channel" and cfg.target_latency is not None and not resuming:
         from kdprune.methods.structured import check_reachable
 
         check_reachable(cfg, env)  # before anything trains: an unreachable target is one line
