@@ -240,3 +240,18 @@ def test_channel_rounding_keeps_multiples_and_still_reaches_the_target():
     for name, w in S.channel_widths(model).items():
         if w["type"] == "conv2d" and name != "conv1":
             assert w["out"] % 8 == 0, (name, w)
+
+
+def test_the_run_table_keeps_the_channel_rows_beside_their_unstructured_twin():
+    """Same target, same regime, two variants: two lines (the twin's row once replaced the channel row)."""
+    from kdprune.experiments.results import format_table
+
+    base = dict(method="teacher-guided", dataset="digits", arch="resnet20", teacher_arch="resnet32", seed=0,
+                dense_top1=99.0, teacher_top1=99.2, pruned_top1=50.0, total_params=100, target_sparsity=0.5,
+                regime="plain", nonzero_params=40)
+    table = format_table([dict(base, top1=90.0, achieved_sparsity=0.6, variant="channel"),
+                          dict(base, top1=97.0, achieved_sparsity=0.6, variant="unstructured, same params")])
+    assert "| 50.00% | channel | 60.0000% | 40 / 100 | 50.00 | 90.00 | -9.00 |" in table
+    assert "| 50.00% | unstructured, same params | 60.0000% | 40 / 100 | 50.00 | 97.00 | -2.00 |" in table
+    one = format_table([dict(base, top1=90.0, achieved_sparsity=0.6, variant="channel")])
+    assert "variant" not in one and "| 50.00% | 60.0000% |" in one  # one variant: the table as before
