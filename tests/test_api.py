@@ -120,7 +120,9 @@ def test_wrong_keywords_and_unbound_masks_are_errors(data):
     with pytest.raises(UserError, match="input_shape"):
         compute_scores("synflow", model, params)
     # with data at hand the API infers the shape
-    assert set(kdprune.score(model, train, criterion="synflow", synflow_iterations=2)) == set(params)
+    assert set(kdprune.score(model, train, criterion="synflow")) == set(params)
+    with pytest.raises(UserError, match="synflow_iterations sets the rounds of synflow's masks.*kdprune.prune"):
+        kdprune.score(model, train, criterion="synflow", synflow_iterations=2)  # once silently ignored
     masks = MaskSet({n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()})
     with pytest.raises(RuntimeError, match="bind"):
         masks.apply_()
@@ -289,3 +291,22 @@ def test_tensor_loader_takes_float_images_and_defaults_its_statistics():
     assert abs(float(xa.mean())) < 0.2 and abs(float(torch.cat([x for x, _ in a]).std()) - 1) < 0.05
     with pytest.raises(UserError, match="N, C, H, W"):
         TensorLoader(torch.zeros(4, 8, 8), y[:4], 2)
+
+
+def test_prune_with_synflow_builds_the_iterative_masks_of_the_cli(data):
+    """kdprune.prune(criterion="synflow") prunes over synflow_iterations rounds, as `kdprune run --method synflow`
+    does (masks_for): not one threshold over one round's scores."""
+    from kdprune.pruning.criteria import CRITERIA
+
+    train, _ = data
+    model = _cnn()
+    params = prunable_parameters(model)
+    want = {it: MaskSet(CRITERIA["synflow"].masks_for(model, params, None, 0.95, "global", input_shape=(1, 8, 8),
+                                                      synflow_iterations=it)) for it in (1, 20)}
+    assert want[1].digest() != want[20].digest()  # the rounds matter at this sparsity
+    for it in (1, 20):
+        got = kdprune.prune(_cnn(), None, train, 0.95, criterion="synflow", retrain="plain", epochs=0,
+                            synflow_iterations=it, progress=False)
+        assert got.masks.digest() == want[it].digest()
+    with pytest.raises(UserError, match="prunes over its own rounds"):
+        kdprune.prune(_cnn(), None, train, 0.9, criterion="synflow", retrain="plain", epochs=0, layer_floor=0.01)

@@ -78,6 +78,7 @@ def _keywords_checked(fn):
 
 
 _SET_BY_KDPRUNE = {"objective", "teacher", "num_batches"}  # criterion keywords the API fills in itself
+_MASK_ROUNDS = {"synflow_iterations"}  # an iterative criterion's rounds: its masks' option, not its scores'
 
 
 def _check_criterion_options(fn, crit, options: dict) -> None:
@@ -155,6 +156,9 @@ def score(model: nn.Module, data=None, *, criterion: str = "teacher-guided", tea
     """
     crit = get_criterion(criterion)
     _check_criterion_options(score, crit, options)
+    for k in _MASK_ROUNDS & set(options):
+        raise UserError(f"{k} sets the rounds of {criterion}'s masks, and score() returns one round's scores: "
+                        f"pass it to kdprune.prune(..., criterion={criterion!r}), which prunes iteratively")
     if crit.needs_data:
         if data is None:
             raise UserError(f"criterion {criterion!r} needs data: score(model, data, ...)")
@@ -407,8 +411,8 @@ def prune(student: nn.Module, teacher: nn.Module | None, train_data, sparsity: f
     training (step 2; skip it when the student is already trained), teacher-guided scores (step 3), one
     global threshold at ``sparsity`` (step 4), then ``epochs`` of retraining, ``retrain="kd"`` (under the
     teacher) or ``"plain"`` (step 5), on the ``retrain_schedule`` of ``kdprune run`` (default ``restart``:
-    peak ``lr=0.1`` compressed into ``epochs``; see :func:`retrain_optim`). ``criterion`` swaps step 3 for a
-    baseline (``magnitude``, ...). Every argument, and one batch of the data through the student and the
+    peak ``lr=0.1`` compressed into ``epochs``; see :func:`retrain_optim`). ``criterion`` swaps steps 3-4 for a
+    baseline (``magnitude``, ...; ``synflow`` prunes over ``synflow_iterations`` rounds, as the CLI does). Every argument, and one batch of the data through the student and the
     teacher, is checked before any training starts."""
     crit = get_criterion(criterion)
     _check_criterion_options(prune, crit, criterion_options)
@@ -419,7 +423,10 @@ def prune(student: nn.Module, teacher: nn.Module | None, train_data, sparsity: f
         raise UserError(f"criterion {criterion!r} needs a teacher")
     if distill_epochs and teacher is None:
         raise UserError("distill_epochs needs a teacher")
-    _check_mask_options(sparsity, scope, layer_floor, score_norm, score_rounds)
+    if crit.iterative and (score_rounds > 1 or layer_floor or score_norm != "none"):
+        raise UserError(f"criterion {criterion!r} prunes over its own rounds: score_rounds, layer_floor and "
+                        "score_norm do not apply")
+    _check_mask_options(sparsity, scope, layer_floor, score_norm, 2 if crit.iterative else score_rounds)
     _check_training(epochs, lr, "sgd", 0.9, True, 5e-4, "cosine")
     _check_training(distill_epochs, distill_lr, "sgd", 0.9, True, 5e-4, "cosine")
     retrain_optim(retrain_schedule, epochs, lr, distill_epochs or None)
@@ -434,11 +441,16 @@ def prune(student: nn.Module, teacher: nn.Module | None, train_data, sparsity: f
                                      lr=distill_lr, progress=progress)
         metrics["dense_top1"] = metrics["distill"]["top1"]
     crit_teacher = teacher if crit.needs_teacher else None
+    rounds_kw = {k: v for k, v in criterion_options.items() if k in _MASK_ROUNDS}
     options = dict(criterion=criterion, teacher=crit_teacher, alpha=alpha, temperature=temperature, kd_loss=kd_loss,
                    kd_std=kd_std, num_batches=num_batches, prune_first=prune_first, prune_last=prune_last,
-                   **criterion_options)
+                   **{k: v for k, v in criterion_options.items() if k not in _MASK_ROUNDS})
     scores = score(student, train_data, **options)
-    if score_rounds > 1:
+    if crit.iterative:  # SynFlow builds its masks over its own rounds, as `kdprune run --method synflow` does
+        params = prunable_parameters(student, prune_first, prune_last)
+        shape = options.get("input_shape") or _first_input_shape(train_data)
+        masks = MaskSet(crit.masks_for(student, params, None, sparsity, scope, input_shape=shape, **rounds_kw))
+    elif score_rounds > 1:
         masks = progressive_mask(student, train_data, sparsity, rounds=score_rounds, scope=scope,
                                  layer_floor=layer_floor, score_norm=score_norm, first_scores=scores, **options)
     else:
