@@ -149,3 +149,13 @@ def test_epg_mask_is_the_ce_saliency_of_the_warmed_up_weights(tmp_path):
     got = torch.cat([masks[n].flatten().bool() for n in total])
     assert int(got.sum()) == keep
     assert (got == expected).float().mean() > 0.999  # float summation order may swap a few boundary ties
+
+
+@pytest.mark.slow
+def test_an_epsd_row_names_the_collapse_guards_its_masks_were_built_with(tmp_path):
+    """--layer-floor / --score-norm change EPSD's masks, so its rows say so (reports keep them apart)."""
+    (row,) = run_pipeline(_cfg(tmp_path, "epsd-cskd", sparsity="0.8", epsd_warmup_epochs=1, layer_floor=0.05,
+                               score_norm="l2"))
+    assert row["variant"] == "floor 0.05, l2-norm"
+    masks = load_file(f"{row['out']}/masks.safetensors")
+    assert all(m.float().mean() >= 0.05 - 1 / m.numel() for m in masks.values())

@@ -96,11 +96,17 @@ def variant(cfg) -> str:
     parts = [getattr(cfg, "retrain_schedule", "finetune")]
     if getattr(cfg, "score_rounds", 1) > 1:
         parts.append(f"progressive R={cfg.score_rounds}")
+    return ", ".join(p for p in (*parts, guards_variant(cfg), alpha_variant(cfg)) if p)
+
+
+def guards_variant(cfg) -> str:
+    """The collapse guards a row's masks were built with, e.g. ``"floor 0.02, l2-norm"`` (empty without)."""
+    parts = []
     if getattr(cfg, "layer_floor", 0.0) > 0:
         parts.append(f"floor {cfg.layer_floor:g}")
     if getattr(cfg, "score_norm", "none") != "none":
         parts.append(f"{cfg.score_norm}-norm")
-    return ", ".join(p for p in (*parts, alpha_variant(cfg)) if p)
+    return ", ".join(parts)
 
 
 def alpha_variant(cfg) -> str:

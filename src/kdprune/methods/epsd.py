@@ -27,7 +27,7 @@ from kdprune.distributed import barrier, synced
 from kdprune.io import read_json, write_json
 from kdprune.losses import CrossEntropy
 from kdprune.losses.self_distill import SELF_DISTILLATION
-from kdprune.methods.context import score_batches, sparsity_dir, threshold_masks
+from kdprune.methods.context import guards_variant, score_batches, sparsity_dir, threshold_masks
 from kdprune.methods.recipe import Recipe
 from kdprune.methods.result import Cost
 from kdprune.pruning.criteria import loss_gradient_scores
@@ -95,7 +95,7 @@ def run_epsd(ctx) -> None:
                                desc=f"{cfg.method} {s:g}", masks=masks, callbacks=ctx.callbacks,
                                extra={"target_sparsity": s, "regime": regime})
         cost = Cost.of(warm) + Cost.of(m) + Cost(wall_seconds=score_s)
-        ctx.record(s, regime, m, pruned["top1"], cost, rdir, scoring_batches=n_batches)
+        ctx.record(s, regime, m, pruned["top1"], cost, rdir, scoring_batches=n_batches, variant=guards_variant(cfg))
 
 
 RECIPE = Recipe("epsd", run_epsd, pays_for_teacher=False, uses_retrain=False,
