@@ -206,6 +206,18 @@ def test_dataset_json_reaches_onnx_sparse_and_inspect(tmp_path, run_cli):
     assert code == 0 and json.loads(text)["classes"] == ["a", "b", "c"], err
 
 
+@pytest.mark.parametrize("below", ["sparsity-0.9/kd", "imp/kd/round-05-0.9", "2x/unstructured/kd"])
+def test_a_result_folder_finds_its_runs_dataset_json(tmp_path, below):
+    """IMP rounds and a channel run's twin sit three folders below the run's dataset.json."""
+    from kdprune.deploy.exporting import inspect
+    from kdprune.io import save_tensors, write_json
+    from kdprune.models import create_model
+
+    write_json(tmp_path / "dataset.json", {"classes": ["a", "b", "c"], "mean": [0.5] * 3, "std": [0.25] * 3})
+    save_tensors(tmp_path / below / "model.safetensors", create_model("resnet20", 3, 3).state_dict())
+    assert inspect(tmp_path / below, "resnet20", 32)["classes"] == ["a", "b", "c"]
+
+
 def test_inspect_without_dataset_json_is_unchanged(tmp_path):
     from kdprune.deploy.exporting import inspect
     from kdprune.io import save_tensors

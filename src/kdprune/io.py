@@ -121,8 +121,9 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def find_up(folder: str | os.PathLike, name: str, levels: int = 2) -> Path | None:
+def find_up(folder: str | os.PathLike, name: str, levels: int = 3) -> Path | None:
     """``folder/name``, else the same file up to ``levels`` folders above (a run's ``dataset.json`` seen from
-    ``sparsity-0.9/kd/``); None when there is none."""
+    ``sparsity-0.9/kd/``, ``imp/kd/round-05-0.9/`` or a channel twin's ``2x/unstructured/kd/``); None when
+    there is none."""
     folder = Path(folder)
     return next((d / name for d in (folder, *folder.parents[:levels]) if (d / name).is_file()), None)

@@ -29,8 +29,8 @@ DATASET_KEYS = ("classes", "mean", "std")  # what an export carries from the run
 
 def _dataset_meta(src: Path, wfile: Path) -> dict:
     """``classes``, ``mean``, ``std`` (and ``image_size``) of the run that trained ``wfile``: its
-    ``dataset.json`` (in the run folder, beside the weights, or up to two folders above them, as in
-    ``sparsity-0.9/kd/``), else the metadata an export of it carries; {} when neither exists."""
+    ``dataset.json`` (in the run folder, beside the weights, or up to three folders above them, as in
+    ``sparsity-0.9/kd/`` or ``imp/kd/round-05-0.9/``), else the metadata an export of it carries; {} when neither exists."""
     f = find_up(wfile.parent, "dataset.json")  # wfile.parent is src itself when src is a run folder
     if f is not None:
         try:
