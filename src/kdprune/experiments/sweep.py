@@ -17,7 +17,6 @@ ranks follow its decisions (broadcast), so all ranks walk the same plan.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import itertools
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from kdprune.errors import UserError
 from kdprune.choices import STAGES
 from kdprune.experiments.config import RunConfig, build_config, identity, stage_keys, yaml_error
 from kdprune.experiments.store import add_rows, add_run, all_rows, readable, set_aside
+from kdprune.io import file_lock
 from kdprune.methods.registry import method_or_structured
 
 _NOT_HASHED = {"out", "resume", "progress", "device"}
@@ -110,19 +110,9 @@ def _lock(path: Path, wait: bool):
     if distributed.rank() != 0:
         yield synced(lambda: None)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            got = True
-        except BlockingIOError:
-            got = False
+    with file_lock(path, wait) as got:
         synced(lambda: got)
-        try:
-            yield got
-        finally:
-            if got:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        yield got
 
 
 def _train_shared(out: Path, cfg: RunConfig, stage: str, keys: tuple) -> None:
