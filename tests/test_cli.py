@@ -182,3 +182,11 @@ def test_student_epochs_0_needs_no_rewind_option_except_for_imp(tmp_path, run_cl
     code, _, err = run_cli("run", "--student-epochs", "0", "--method", "imp", "--out", tmp_path / "i")
     assert code == 2 and "rewind_epoch: must lie in [0, student_epochs=0], got 1" in err
     assert not (tmp_path / "i").exists()
+
+
+def test_a_layer_floor_that_no_level_can_keep_stops_the_run_before_anything_is_written(tmp_path, run_cli):
+    """Checked on the student's layer sizes at every level (it once stopped the run at the first level that did
+    not fit, after the teacher, the student and the levels before it had trained)."""
+    code, _, err = run_cli("run", "--layer-floor", "0.5", "--sparsity", "0.5,0.9", "--out", tmp_path / "r")
+    assert code == 2 and "layer_floor 0.5 keeps 135,304 weights, more than sparsity 0.9 leaves" in err
+    assert not (tmp_path / "r").exists()

@@ -50,6 +50,8 @@ def _snapshot(model):
     (dict(sparsity=0.9, kd_loss="kl"), "kd_loss: expected one of ca-kld, kd, got 'kl'"),
     (dict(sparsity=0.9, criterion="snipp"), "snipp"),
     (dict(sparsity=0.9, epochs=-1), "epochs: expected a whole number >= 0"),
+    (dict(sparsity=0.9, layer_floor=0.2), r"layer_floor 0.2 keeps 31 weights, more than sparsity 0.9 leaves"),
+    (dict(sparsity=0.9, layer_floor=0.2, scope="layerwise"), "layer_floor 0.2 is above the density 0.1"),
 ])
 def test_prune_checks_every_argument_before_it_trains(loader, capsys, kwargs, message):
     student, teacher = _cnn(), _cnn(seed=1)

@@ -427,6 +427,8 @@ def prune(student: nn.Module, teacher: nn.Module | None, train_data, sparsity: f
         raise UserError(f"criterion {criterion!r} prunes over its own rounds: score_rounds, layer_floor and "
                         "score_norm do not apply")
     _check_mask_options(sparsity, scope, layer_floor, score_norm, 2 if crit.iterative else score_rounds)
+    MaskOptions(scope, layer_floor, score_norm).check_fits(
+        {n: p.numel() for n, p in prunable_parameters(student, prune_first, prune_last).items()}, sparsity)
     _check_training(epochs, lr, "sgd", 0.9, True, 5e-4, "cosine")
     _check_training(distill_epochs, distill_lr, "sgd", 0.9, True, 5e-4, "cosine")
     retrain_optim(retrain_schedule, epochs, lr, distill_epochs or None)

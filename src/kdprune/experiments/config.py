@@ -405,8 +405,7 @@ def _validate_names_and_files(cfg, check_files: bool = True) -> None:
 
         if getattr(cfg, "structure", "unstructured") == "unstructured":  # channel: checked above
             get_method(cfg.method)
-        reads_rewind = _recipe(cfg) in next(f_ for f_ in fields(cfg) if f_.name == "rewind_epoch").metadata["used_by"]
-        if cfg.rewind_epoch < 0 or (reads_rewind and cfg.rewind_epoch > cfg.student_epochs):
+        if cfg.rewind_epoch < 0 or (reads(cfg, "rewind_epoch") and cfg.rewind_epoch > cfg.student_epochs):
             raise UserError(f"rewind_epoch: must lie in [0, student_epochs={cfg.student_epochs}], got {cfg.rewind_epoch}")
     elif hasattr(cfg, "method") and getattr(cfg, "structure", "unstructured") == "unstructured":
         get_criterion(cfg.method)
@@ -544,6 +543,12 @@ def _mask_rounds(cfg) -> int:
     if method.recipe.iterative or (criterion is not None and criterion.iterative):
         return 2
     return getattr(cfg, "score_rounds", 1)
+
+
+def reads(cfg, option: str) -> bool:
+    """Whether the run's recipe reads ``option`` (its declared ``used_by``; an option without one is read by all)."""
+    used_by = next(f_ for f_ in fields(cfg) if f_.name == option).metadata.get("used_by")
+    return used_by is None or _recipe(cfg) in used_by
 
 
 def _recipe(cfg) -> str | None:

@@ -23,7 +23,7 @@ import torch
 
 from kdprune.distributed import synced_exists
 from kdprune.errors import UserError
-from kdprune.experiments.config import PruneConfig, RunConfig, TrainConfig
+from kdprune.experiments.config import PruneConfig, RunConfig, TrainConfig, reads
 from kdprune.experiments.outdir import follow_recorded, prepare_out
 from kdprune.experiments.results import format_table
 from kdprune.io import read_jsonl, save_tensors, write_json, write_text
@@ -66,6 +66,17 @@ def _check_models(env, seed: int, archs: dict[str, str]) -> None:
 
     probe_batch(env.train, "the training data", {f"{role} ({arch})": build_model(arch, env, seed)
                                                  for role, arch in archs.items()})
+
+
+def _check_floor_fits(cfg: RunConfig, env) -> None:
+    """--layer-floor against every --sparsity on the student's own layer sizes, before anything trains (the
+    first level it does not fit would otherwise stop the run after the teacher and the student trained)."""
+    if cfg.layer_floor <= 0 or cfg.structure != "unstructured" or not reads(cfg, "layer_floor"):
+        return
+    student = build_model(cfg.arch, env, cfg.seed)
+    sizes = {n: p.numel() for n, p in prunable_parameters(student, cfg.prune_first, cfg.prune_last).items()}
+    for s in cfg.sparsity:
+        MaskOptions.of(cfg).check_fits(sizes, s)
 
 
 def train_dense(cfg: TrainConfig, callbacks=()) -> dict:
@@ -156,6 +167,7 @@ def run_pipeline(cfg: RunConfig, callbacks=()) -> list[dict]:
         if path:
             load_weights(build_model(arch, env, cfg.seed), path, arch, env.data.num_classes)
     _check_models(env, cfg.seed, {"student": cfg.arch, "teacher": cfg.teacher_arch})
+    _check_floor_fits(cfg, env)
     resuming = cfg.resume and synced_exists(Path(cfg.out) / "config.yaml")  # --resume on a new folder starts it
     if cfg.structure == "channel" and cfg.target_latency is not None and not resuming:
         from kdprune.methods.structured import check_reachable

@@ -54,6 +54,26 @@ class MaskOptions:
                             f"budget itself")
         return self
 
+    def check_fits(self, sizes: dict[str, int], sparsity: float) -> None:
+        """``layer_floor`` against ``sparsity`` on layers of ``sizes`` ({name: weight count}): the floor must
+        leave the threshold the weights it is to remove. Needs only the sizes, so a run checks every level
+        before anything trains."""
+        if self.layer_floor <= 0:
+            return
+        if self.scope == "layerwise" and self.layer_floor > 1.0 - sparsity + 1e-12:
+            raise UserError(f"layer_floor {self.layer_floor} is above the density {1 - sparsity:g} every layer keeps")
+        if self.scope == "global":
+            total = sum(sizes.values())
+            guarded = sum(_floor_count(n, self.layer_floor) for n in sizes.values())
+            if int(round(sparsity * total)) > total - guarded:
+                raise UserError(f"layer_floor {self.layer_floor} keeps {guarded:,} weights, more than sparsity "
+                                f"{sparsity} leaves; lower one of them")
+
+
+def _floor_count(n: int, floor: float) -> int:
+    """How many of a layer's ``n`` weights ``layer_floor`` keeps: ``ceil(floor * n)``."""
+    return min(n, math.ceil(floor * n - 1e-9))
+
 
 def check_rounds(scope: str, rounds: int) -> None:
     """``erk`` builds one mask: its per-layer rounding can hand a layer back a weight at a higher sparsity, so
@@ -106,18 +126,15 @@ def global_masks(scores: dict[str, torch.Tensor], sparsity: float, layer_floor: 
     flats = [scores[n].detach().float().flatten() for n in names]
     k = int(round(sparsity * sum(f.numel() for f in flats)))
     if layer_floor > 0:
+        MaskOptions("global", layer_floor).check_fits({n: f.numel() for n, f in zip(names, flats)}, sparsity)
         flats = [_floored(f, layer_floor) for f in flats]
-        guarded = sum(int(torch.isposinf(f).sum()) for f in flats)
-        if k > sum(f.numel() for f in flats) - guarded:
-            raise UserError(f"layer_floor {layer_floor} keeps {guarded:,} weights, more than sparsity {sparsity} "
-                            f"leaves; lower one of them")
     keep = _keep_mask(torch.cat(flats), k)
     return split_flat(keep, {n: scores[n].shape for n in names})
 
 
 def _floored(flat: torch.Tensor, floor: float) -> torch.Tensor:
     """``flat`` with its ``ceil(floor * n)`` highest entries (ties by index) raised to +inf."""
-    n_keep = min(flat.numel(), math.ceil(floor * flat.numel() - 1e-9))
+    n_keep = _floor_count(flat.numel(), floor)
     out = flat.clone()
     out[torch.sort(flat, descending=True, stable=True).indices[:n_keep]] = math.inf
     return out
@@ -147,8 +164,7 @@ def prune_masks(scores: dict[str, torch.Tensor], sparsity: float, options: MaskO
     if options.scope == "global":
         return global_masks(scores, sparsity, options.layer_floor)
     if options.scope == "layerwise":
-        if options.layer_floor > 1.0 - sparsity + 1e-12:
-            raise UserError(f"layer_floor {options.layer_floor} is above the density {1 - sparsity:g} every layer keeps")
+        options.check_fits({n: v.numel() for n, v in scores.items()}, sparsity)
         return layerwise_masks(scores, sparsity)
     if options.scope == "erk":
         return budget_masks(scores, erk_budgets({n: v.shape for n, v in scores.items()}, sparsity))
