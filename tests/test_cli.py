@@ -89,6 +89,7 @@ def test_train_then_prune_with_each_method(tmp_path, run_cli):
     (["run", "--config", "{tmp}/badtype.yaml"], "expected int"),
     (["run", "--config", "{tmp}/notyaml.yaml"], "not valid YAML"),
     (["run", "--out", "{tmp}/afile"], "not a folder"),
+    (["run", "--method", "imp", "--student-checkpoint", "{tmp}/afile"], "which imp does not use"),  # not ignored
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, run_cli, args, message):
     (tmp_path / "bad.yaml").write_text("sparsityy: [0.5]\n")

@@ -401,12 +401,17 @@ def _validate_names_and_files(cfg, check_files: bool = True) -> None:
         if hasattr(cfg, k):
             model_info(getattr(cfg, k))
     if hasattr(cfg, "rate"):  # RunConfig: a method; PruneConfig: a criterion
-        from kdprune.methods import get_method
+        from kdprune.methods import get_method, method_or_structured
 
         if getattr(cfg, "structure", "unstructured") == "unstructured":  # channel: checked above
             get_method(cfg.method)
         if cfg.rewind_epoch < 0 or (reads(cfg, "rewind_epoch") and cfg.rewind_epoch > cfg.student_epochs):
             raise UserError(f"rewind_epoch: must lie in [0, student_epochs={cfg.student_epochs}], got {cfg.rewind_epoch}")
+        stages = method_or_structured(cfg).recipe.stages(cfg)
+        if cfg.student_checkpoint and "student" not in stages:
+            raise UserError(f"--student-checkpoint starts the KD student, which {cfg.method} does not use (it "
+                            f"trains its own dense student from initialisation): drop it, or use a method that "
+                            f"prunes the KD student (e.g. teacher-guided, magnitude)")
     elif hasattr(cfg, "method") and getattr(cfg, "structure", "unstructured") == "unstructured":
         get_criterion(cfg.method)
     for k in ("checkpoint", "teacher_checkpoint", "student_checkpoint") if check_files else ():
