@@ -111,6 +111,12 @@ def test_recipe_cost_estimates():
     assert estimate(epsd)["epochs"] == 3 * 3 + 1
     imp = _cfg(method="imp", student_epochs=2, sparsity=[0.75], rounds=2, retrain="plain")
     assert estimate(imp, 100) == {"epochs": 2 * (1 + 2), "images": 600}
+    given = _cfg(teacher_epochs=4, student_epochs=3, retrain_epochs=2, sparsity=[0.5, 0.9], retrain="both",
+                 teacher_checkpoint=__file__)  # any existing file: estimates read no weights
+    assert estimate(given)["epochs"] == 3 + 2 * 2 * 2  # a teacher given as a file trains no epoch
+    channel = _cfg(structure="channel", target_latency="1.5x,2x,3x", teacher_epochs=4, student_epochs=3,
+                   retrain_epochs=2, retrain="plain")
+    assert estimate(channel)["epochs"] == 4 + 3 + 3 * 2  # one retraining per latency target
 
 
 # ------------------------------------------------------------------------------- one owner per option

@@ -11,7 +11,7 @@ new. The CE student depends on no teacher: its row has no ``teacher_top1`` and n
 from __future__ import annotations
 
 from kdprune.methods.context import RunContext, alpha_variant
-from kdprune.methods.recipe import DENSE_CE, STUDENT, TEACHER, Recipe, regimes_of
+from kdprune.methods.recipe import DENSE_CE, STUDENT, TEACHER, Recipe, regimes_of, teacher_epochs_of
 from kdprune.methods.result import Cost
 from kdprune.pruning.masks import sparsity_report
 from kdprune.pruning.prunable import prunable_parameters
@@ -46,4 +46,4 @@ class DenseRecipe(Recipe):
 
 RECIPE = DenseRecipe("dense", run, pays_for_teacher=False,
                      epochs=lambda cfg: cfg.student_epochs * regimes_of(cfg)
-                     + (cfg.teacher_epochs if cfg.retrain != "plain" else 0))
+                     + (teacher_epochs_of(cfg) if cfg.retrain != "plain" else 0))

@@ -18,6 +18,11 @@ from kdprune.choices import STAGES
 TEACHER, STUDENT, DENSE_CE = STAGES  # the shared stages (kdprune.methods.context.Stages)
 
 
+def teacher_epochs_of(cfg) -> int:
+    """The teacher's training epochs a run pays: none for a teacher given by ``--teacher-checkpoint``."""
+    return 0 if getattr(cfg, "teacher_checkpoint", None) else cfg.teacher_epochs
+
+
 def regimes_of(cfg) -> int:
     """How many retraining regimes a run trains (``--retrain both``: plain and kd)."""
     return 2 if cfg.retrain == "both" else 1

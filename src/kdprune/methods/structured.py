@@ -43,7 +43,7 @@ from kdprune.methods.context import (
     score_batches,
     threshold_masks,
 )
-from kdprune.methods.recipe import Recipe, regimes_of
+from kdprune.methods.recipe import Recipe, regimes_of, teacher_epochs_of
 from kdprune.methods.result import Cost
 from kdprune.pruning import structured as S
 from kdprune.pruning.prunable import prunable_parameters
@@ -247,9 +247,8 @@ def unstructured_twin(ctx: RunContext, student, dense_state: dict, scores: dict,
 
 
 def _epochs(cfg) -> int:
-    n_targets = len(str(cfg.target_macs or "x").split(","))
     twins = 2 if cfg.channel_twin else 1
-    return cfg.teacher_epochs + cfg.student_epochs + n_targets * regimes_of(cfg) * twins * cfg.retrain_epochs
+    return teacher_epochs_of(cfg) + cfg.student_epochs + len(targets(cfg)) * regimes_of(cfg) * twins * cfg.retrain_epochs
 
 
 RECIPE = Recipe("channel", run, pays_for_teacher=True, epochs=_epochs)

@@ -33,7 +33,7 @@ from kdprune.methods.context import (
     threshold_masks,
     variant,
 )
-from kdprune.methods.recipe import Recipe, regimes_of
+from kdprune.methods.recipe import Recipe, regimes_of, teacher_epochs_of
 from kdprune.methods.result import Cost
 from kdprune.pruning.criteria import Criterion, get_criterion
 from kdprune.pruning.masks import MaskSet
@@ -124,5 +124,5 @@ def progressive(ctx: RunContext, criterion: Criterion, student, dense_state: dic
 
 
 RECIPE = Recipe("post-training", run, pays_for_teacher=True,
-                epochs=lambda cfg: cfg.teacher_epochs + cfg.student_epochs
+                epochs=lambda cfg: teacher_epochs_of(cfg) + cfg.student_epochs
                 + len(cfg.sparsity) * regimes_of(cfg) * cfg.retrain_epochs)
