@@ -159,3 +159,15 @@ def test_an_epsd_row_names_the_collapse_guards_its_masks_were_built_with(tmp_pat
     assert row["variant"] == "floor 0.05, l2-norm"
     masks = load_file(f"{row['out']}/masks.safetensors")
     assert all(m.float().mean() >= 0.05 - 1 / m.numel() for m in masks.values())
+
+
+@pytest.mark.slow
+def test_each_epsd_level_starts_from_the_warmup_state_whatever_came_before_it(tmp_path):
+    """PS-KD's memory after warmup is every level's start: the 0.8 level of a [0.5, 0.8] run equals a run of
+    0.8 alone (one level's training once wrote the memory the next level started from)."""
+    both = run_pipeline(_cfg(tmp_path / "both", "epsd-pskd", sparsity="0.5,0.8", epsd_warmup_epochs=1))
+    alone = run_pipeline(_cfg(tmp_path / "alone", "epsd-pskd", sparsity="0.8", epsd_warmup_epochs=1))
+    (b,) = [r for r in both if r["target_sparsity"] == 0.8]
+    assert b["top1"] == alone[0]["top1"]
+    got, want = (load_file(f"{r['out']}/model.safetensors") for r in (b, alone[0]))
+    assert all(torch.equal(got[k], want[k]) for k in want)

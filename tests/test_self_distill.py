@@ -116,3 +116,48 @@ def test_resume_with_objective_state_is_exact(tmp_path, cls):
     resumed.fit(resume=True)
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+
+def _pskd_setup():
+    x = torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8)
+    loader = TensorLoader(x, torch.arange(10) % 3, 4, train=True, pad=1)
+    return loader, torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+
+
+def test_pskd_state_is_a_copy_that_training_leaves_alone():
+    """EPSD starts every sparsity level from the warmup's memory: one level's training must not write it."""
+    loader, model = _pskd_setup()
+    warm = PSKD()
+    warm.attach(loader)
+    warm.start_epoch(0, 2)
+    for xb, yb, idx in loader.batches_with_index():
+        warm.forward_loss(model, xb, yb, idx)
+    state = warm.state_dict()
+    kept = state["memory"].clone()
+    level = PSKD()
+    level.load_state_dict(state)
+    level.attach(loader)
+    level.start_epoch(1, 2)
+    xb, yb, idx = next(loader.batches_with_index())
+    level.forward_loss(model, xb * 0.5, yb, idx)
+    assert not torch.equal(level.memory, kept)
+    assert torch.equal(state["memory"], kept) and torch.equal(warm.memory, kept)
+
+
+def test_pskd_a_sample_with_no_prediction_yet_is_trained_on_its_label():
+    """The loader drops its ragged last batch, so a sample can reach epoch 1 unpredicted: its memory row is zeros,
+    not a distribution; its target is its one-hot label (the others mix in their previous prediction)."""
+    loader, model = _pskd_setup()
+    obj = PSKD()
+    obj.attach(loader)
+    obj.memory, obj.written = torch.full((10, 3), 1 / 3), torch.zeros(10, dtype=torch.bool)
+    obj.memory[3] = 0
+    obj.start_epoch(1, 2)  # alpha_t = 0.8
+    x, idx = torch.randn(2, 1, 4, 4), torch.tensor([3, 4])
+    y = loader.labels[idx]
+    loss, logits = obj.forward_loss(model, x, y, idx)
+    onehot = torch.nn.functional.one_hot(y, 3).float()
+    target = torch.stack([onehot[0], 0.2 * onehot[1] + 0.8 / 3])
+    want = -(target * torch.log_softmax(logits.float(), -1)).sum(-1).mean()
+    assert torch.allclose(loss, want)

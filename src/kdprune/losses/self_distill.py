@@ -5,7 +5,8 @@
   detached (defaults T = 4, lam = 1, as in the paper).
 * PS-KD (Kim et al., ICCV 2021, Eq. 4): soft targets ``(1 - a_t) * onehot(y) + a_t * p_{t-1}(x)``, the
   model's own predictions for ``x`` in the previous epoch, ``a_t = a_T * (t + 1) / T`` with a_T = 0.8;
-  the loss is the cross-entropy with those targets (plain CE in the first epoch).
+  the loss is the cross-entropy with those targets (plain CE in the first epoch, and for a sample with no
+  prediction yet: one the loader's dropped last batch left out).
 * DLB (Shen et al., CVPR 2022, Eq. 5): every batch is the new batch plus half of the previous batch;
   ``L = CE(all) + lam * T^2 * KL(p_{t-1}(kept) || p_t(kept))`` where ``p_{t-1}`` are the (detached)
   predictions made on the kept half one iteration earlier (T = 3, lam = 1). The kept half is reused with
@@ -129,7 +130,11 @@ class PSKD(SelfDistillation):
         if self.memory is None:
             self.memory = torch.zeros(n, logits.shape[-1], device=x.device)
             self.written = torch.zeros(n, dtype=torch.bool, device=x.device)
-        prev = self.previous[idx] if self.previous is not None else None
+        prev = None
+        if self.previous is not None:
+            prev = self.previous[idx]
+            unseen = prev.sum(-1, keepdim=True) == 0  # never predicted (a memory row is a softmax or zeros)
+            prev = torch.where(unseen, F.one_hot(y, prev.shape[-1]).to(prev.dtype), prev)
         loss = pskd_loss(logits, y, prev, self.alpha_t)
         with torch.no_grad():
             self.memory[idx] = F.softmax(logits.detach().float(), dim=-1)
@@ -145,12 +150,12 @@ class PSKD(SelfDistillation):
             distributed.average_([total, count])
             self.memory = torch.where(count > 0, total / count.clamp_min(1e-12), self.memory)
 
-    def state_dict(self):
-        return {"memory": self.memory} if self.memory is not None else {}
+    def state_dict(self):  # a copy: training writes the memory in place
+        return {"memory": self.memory.clone()} if self.memory is not None else {}
 
     def load_state_dict(self, state):
         if "memory" in state:
-            self.memory = state["memory"]
+            self.memory = state["memory"].clone()
             self.written = torch.zeros(len(self.memory), dtype=torch.bool, device=self.memory.device)
 
 

@@ -61,6 +61,7 @@ def run_epsd(ctx) -> None:
     elif has_state and env.is_main:
         torch.save(warm_obj.state_dict(), state_file)
     barrier()
+    sd_state = warm_obj.state_dict() if has_state else {}  # what every level starts from; scoring must not change it
     warm_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     params = prunable_parameters(model, cfg.prune_first, cfg.prune_last)
     weights = weights_of(params)
@@ -72,7 +73,7 @@ def run_epsd(ctx) -> None:
         warm_obj.attach(loader)
         warm_obj.start_epoch(0, 1)
         if hasattr(warm_obj, "previous") and warm_obj.memory is not None:
-            warm_obj.previous = warm_obj.memory  # PS-KD: targets from the warmup's last predictions
+            warm_obj.previous = warm_obj.memory.clone()  # PS-KD: targets from the warmup's last predictions
         scores = loss_gradient_scores(model, params, loader.batches_with_index(), warm_obj, num_batches=n_batches)
     else:
         scores = loss_gradient_scores(model, params, iter(loader), CrossEntropy(), num_batches=n_batches)
@@ -87,8 +88,8 @@ def run_epsd(ctx) -> None:
         pruned = ctx.pruned_top1(sdir, model, masks, list(params))
         rdir = sdir / regime
         objective = _objective(sd, cfg)
-        if has_state and warm_obj.state_dict():
-            objective.load_state_dict(warm_obj.state_dict())
+        if sd_state:
+            objective.load_state_dict(sd_state)
         net = ctx.model(seed_offset=2)
         net.load_state_dict(warm_state)
         m = run_training_stage(rdir, net, objective, optim_spec(cfg), cfg.student_epochs, env, cfg,
