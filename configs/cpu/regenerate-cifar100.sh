@@ -24,6 +24,6 @@ tiers=(configs/cpu/cifar100-[0-9]*.yaml)
 for tier in "${tiers[@]}"; do
   $kdprune sweep "$tier" --jobs "${JOBS:-2}"
 done
-if [ ${#tiers[@]} -gt 0 ]; then
-  $kdprune report runs/cifar100-cpu/runs --out docs/cifar100-cpu-benchmark
+if [ ${#tiers[@]} -gt 0 ]; then  # each tier's own runs (a run folder may also hold runs of a tier's earlier grid)
+  $kdprune report "${tiers[@]/#/--sweep=}" --out docs/cifar100-cpu-benchmark
 fi
