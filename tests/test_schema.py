@@ -1,6 +1,7 @@
 """One owner per option, recipes as objects, one result schema, one primitive per pruning rule (issue 22)."""
 
 import argparse
+import math
 import sqlite3
 from dataclasses import dataclass, fields
 
@@ -213,10 +214,10 @@ def test_help_groups_the_options_by_owner():
 def test_nesting_puts_pruned_weights_below_every_kept_one():
     from kdprune.pruning.threshold import nest
 
-    scores = {"w": torch.tensor([0.5, -0.2, 3.0, 0.0])}
+    scores = {"w": torch.tensor([0.5, -0.25, 3.0, 0.0])}
     masks = {"w": torch.tensor([True, True, False, True])}
     assert nest(scores, None) is scores
-    assert nest(scores, masks)["w"].tolist() == [0.5, 0.0, -1.0, 0.0]
+    assert nest(scores, masks)["w"].tolist() == [0.5, -0.25, -math.inf, 0.0]  # kept scores keep their sign
 
 
 def test_imp_synflow_and_progressive_scoring_all_nest_through_one_threshold():

@@ -52,3 +52,19 @@ def test_layerwise_threshold_prunes_each_layer_to_the_target():
 def test_sparsity_outside_open_interval_is_rejected(bad):
     with pytest.raises(UserError):
         global_masks({"x": torch.rand(10)}, bad)
+
+
+def test_rounds_of_signed_scores_keep_their_order():
+    """GraSP's keep-scores are signed: a later round ranks the kept weights by their own scores (kept negative
+    scores were once clamped to 0, and index order then chose what went)."""
+    from kdprune.pruning.progressive import progressive_masks
+    from kdprune.pruning.threshold import MaskOptions
+
+    s = {"a": torch.tensor([-0.5, -3.0, -2.0, 5.0, 4.0, -1.0])}
+    one = progressive_masks(lambda m: s, 0.5, 1)
+    for rounds in (2, 3):
+        for options in (MaskOptions(), MaskOptions("global", 0.0, "l2")):
+            got = progressive_masks(lambda m: s, 0.5, rounds, options)
+            want = progressive_masks(lambda m: s, 0.5, 1, options)
+            assert all(torch.equal(got[n], want[n]) for n in s)
+    assert one["a"].tolist() == [True, False, False, True, True, False]

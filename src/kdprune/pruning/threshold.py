@@ -150,7 +150,8 @@ def normalize_scores(scores: dict[str, torch.Tensor], how: str = "none") -> dict
     out = {}
     for n, v in scores.items():
         v = v.float()
-        scale = v.norm() if how == "l2" else v.mean()
+        finite = v[torch.isfinite(v)]  # the scale of the weights still in play (nest() scores pruned ones -inf)
+        scale = finite.norm() if how == "l2" else finite.mean()
         out[n] = v / scale if float(scale) > 0 else v
     return out
 
@@ -175,10 +176,11 @@ def prune_masks(scores: dict[str, torch.Tensor], sparsity: float, options: MaskO
 
 def nest(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
     """The scores of a next pruning round under ``masks`` (None: the first round, unchanged): weights already
-    pruned score -1, below every kept one (kept scores clamped at 0), so the next masks are nested in these."""
+    pruned score -inf, below every kept one whatever its sign (GraSP's are signed), so the next masks are nested
+    in these and the kept weights keep their order."""
     if masks is None:
         return scores
-    return {n: torch.where(masks[n].to(v.device), v.float().clamp_min(0), torch.full_like(v.float(), -1.0))
+    return {n: torch.where(masks[n].to(v.device), v.float(), torch.full_like(v.float(), -math.inf))
             for n, v in scores.items()}
 
 
