@@ -190,3 +190,30 @@ def test_resume_removes_the_temporaries_a_kill_left(tmp_path, run_cli):
     code, _, err = run_cli(*args, "--resume")
     assert code == 0, err
     assert not list(out.rglob("*.tmp")) and (out / "results.jsonl").is_file()
+
+
+@pytest.mark.parametrize("killed_at", [1, 2])  # the sidecar write before the rename, or the one after it
+def test_a_kill_between_a_checkpoint_and_its_checksum_leaves_a_checkpoint_that_loads(tmp_path, monkeypatch, killed_at):
+    """The checkpoint is renamed in place and its sidecar written around that rename: stopped at either write,
+    the folder holds a checkpoint its sidecar accepts (it once refused a good new checkpoint beside the old
+    digest), and it is the old state or the new one."""
+    import kdprune.checkpoint as ck
+
+    path = tmp_path / "checkpoint.pt"
+    ck.save_checkpoint(path, {"epoch": 0})
+    real, calls = ck.write_text, []
+
+    def stop_at_nth(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == killed_at:
+            raise KeyboardInterrupt  # the process dies here
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ck, "write_text", stop_at_nth)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save_checkpoint(path, {"epoch": 1})
+    monkeypatch.setattr(ck, "write_text", real)
+    assert ck.load_checkpoint(path)["epoch"] == (0 if killed_at == 1 else 1)
+    path.write_bytes(path.read_bytes()[:-3])  # a truncated file is still refused
+    with pytest.raises(UserError, match="corrupt"):
+        ck.load_checkpoint(path)

@@ -2,7 +2,8 @@
 
 ``checkpoint.pt`` is a ``torch.save`` of plain state dicts and numbers (loaded with
 ``weights_only=True``, never a pickled model), written to a temporary name and renamed. Its SHA-256 is
-stored next to it in ``checkpoint.pt.sha256`` (written after the checkpoint), and verified on load.
+stored next to it in ``checkpoint.pt.sha256`` and verified on load. The new digest joins the old one there
+before the rename and replaces it after, so a kill at any moment leaves a checkpoint its sidecar accepts.
 """
 
 from __future__ import annotations
@@ -16,20 +17,29 @@ from kdprune.errors import UserError, first_line
 from kdprune.io import atomic_path, sha256_file, write_text
 
 
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _digests(sidecar: Path) -> list[str]:
+    return sidecar.read_text().split() if sidecar.is_file() else []
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
     path = Path(path)
+    sidecar = _sidecar(path)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
         digest = sha256_file(tmp)
-    write_text(path.with_name(path.name + ".sha256"), digest + "\n")
+        write_text(sidecar, "\n".join([digest, *_digests(sidecar)[:1]]) + "\n")  # the old file or the new one
+    write_text(sidecar, digest + "\n")
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
-    sidecar = path.with_name(path.name + ".sha256")
+    sidecar = _sidecar(path)
     if sidecar.is_file():
-        expected = sidecar.read_text().strip()
-        if sha256_file(path) != expected:
+        if sha256_file(path) not in _digests(sidecar):
             raise UserError(f"checkpoint {path} is corrupt (checksum mismatch); delete it to restart that stage")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
