@@ -151,3 +151,17 @@ def test_loader_is_deterministic_per_seed_and_epoch_and_shards():
     s0 = set(torch.cat([b_[1] for b_ in ids]).tolist())
     s1 = set(torch.cat([b_[1] for b_ in ids1]).tolist())
     assert not s0 & s1 and s0 | s1 == set(range(50))
+
+
+def test_ranks_augment_their_share_of_the_global_batch_as_one_process_does():
+    """Under DDP rank r's batch is positions r::W of the global batch: its crops and flips are those one process
+    gives those images (each rank once drew its own, so DDP scores differed from one process's)."""
+    x = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)
+    y = torch.zeros(64, dtype=torch.long)
+    kw = dict(mean=[0.5], std=[0.5], train=True, pad=2, flip=True, seed=5)
+    one = list(TensorLoader(x, y, 32, **kw).batches_with_index())
+    ranks = [list(TensorLoader(x, y, 16, rank=k, world_size=2, **kw).batches_with_index()) for k in (0, 1)]
+    for b, (xb, _, idx) in enumerate(one):
+        for k in (0, 1):
+            rx, _, ridx = ranks[k][b]
+            assert torch.equal(ridx, idx[k::2]) and torch.equal(rx, xb[k::2])

@@ -31,7 +31,7 @@ def _scores(rank: int, world: int):
     ds = load_dataset("digits")
     model = create_model("resnet20", 10, 1)
     loader = TensorLoader(ds.train_x, ds.train_y, GLOBAL_BATCH // world, mean=[0.3], std=[0.3], train=True,
-                          seed=5, rank=rank, world_size=world)  # no augmentation: the same images either way
+                          seed=5, rank=rank, world_size=world, pad=2, flip=True)  # each rank: its share of one draw
     return loss_gradient_scores(model, prunable_parameters(model), iter(loader), CrossEntropy(), num_batches=3)
 
 
@@ -76,7 +76,7 @@ def _steps(rank: int, world: int, channels_last: bool):
     ds = load_dataset("digits")
     x, y = ds.train_x[:3 * GLOBAL_BATCH], ds.train_y[:3 * GLOBAL_BATCH]
     loader = TensorLoader(x, y, GLOBAL_BATCH // world, mean=[0.3], std=[0.3], train=True, seed=5, rank=rank,
-                          world_size=world)  # no augmentation: the same images either way
+                          world_size=world, pad=2, flip=True)  # each rank: its share of the global batch's draw
     model = _net()
     masks = MaskSet(global_masks({k: p.detach().abs() for k, p in prunable_parameters(model).items()}, 0.5))
     trainer = Trainer(model, CrossEntropy(), OptimSpec(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,

@@ -100,10 +100,12 @@ class TensorLoader:
         g.manual_seed(self.seed * 1_000_003 + self.epoch)
         return g
 
-    def transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 images -> augmented (training loaders, when a generator is given) and normalised floats."""
+    def transform(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                  share: tuple[int, int, int] | None = None) -> torch.Tensor:
+        """uint8 images -> augmented (training loaders, when a generator is given; ``share``: see
+        :func:`random_crop_flip`) and normalised floats."""
         if self.train and generator is not None:
-            x = random_crop_flip(x, self.pad, self.flip, generator)
+            x = random_crop_flip(x, self.pad, self.flip, generator, share)
         x = (x.float() - self.mean) * self.inv_std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
@@ -129,5 +131,7 @@ class TensorLoader:
         order = order.to(self.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.transform(self.images[idx], g)
+            # a rank's batch is positions rank::world_size of the global one: draw the global batch's augmentation
+            share = (len(idx) * self.world_size, self.rank, self.world_size) if self.world_size > 1 else None
+            x = self.transform(self.images[idx], g, share)
             yield (x, self.labels[idx], idx) if with_index else (x, self.labels[idx])
