@@ -316,3 +316,13 @@ def test_local_executor_runs_a_sweep_whose_teacher_is_a_checkpoint(tmp_path, run
     assert "teacher teacher-" not in out
     code, out, _ = run_cli("sweep", f, "--status")
     assert "1 runs: 1 done, 0 running, 0 failed, 0 to do; shared stages: 1 of 1 done" in out
+
+
+def test_status_and_collect_need_no_teacher_file(tmp_path, run_cli):
+    """They read run folders only: a sweep whose teacher file is elsewhere (or gone) still reports."""
+    f = _checkpoint_teacher_sweep(tmp_path)
+    (tmp_path / "t.safetensors").unlink()
+    code, out, err = run_cli("sweep", f, "--status")
+    assert code == 0 and "4 runs: 0 done" in out, err
+    code, out, err = run_cli("sweep", f, "--collect")
+    assert code == 0 and "0 results from 0 finished runs" in out, err

@@ -536,7 +536,7 @@ def collect(path: str | Path, log=print) -> list[dict]:
     from kdprune.experiments.store import add_run, all_rows
     from kdprune.experiments.sweep import load_sweep, status
 
-    out, configs = load_sweep(path)
+    out, configs = load_sweep(path, check_files=False)  # reads results: no teacher file needed
     done = [c for c in configs if status(c) == "done"]
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".results.sqlite.{os.getpid()}.tmp"
@@ -561,7 +561,7 @@ def sweep_status(path: str | Path, log=print) -> dict[str, int]:
     """done / running / failed / to do for every run, from the run folders and the recorded jobs."""
     from kdprune.experiments.sweep import load_sweep
 
-    out, configs = load_sweep(path)
+    out, configs = load_sweep(path, check_files=False)  # reads folders: no teacher file needed
     records = read_records(out)
     counts = {"done": 0, "running": 0, "failed": 0, "to do": 0}
     lines = []
