@@ -168,6 +168,8 @@ def run_pipeline(cfg: RunConfig, callbacks=()) -> list[dict]:
             load_weights(build_model(arch, env, cfg.seed), path, arch, env.data.num_classes)
     _check_models(env, cfg.seed, {"student": cfg.arch, "teacher": cfg.teacher_arch})
     _check_floor_fits(cfg, env)
+    if method.recipe.check is not None:
+        method.recipe.check(cfg, env)
     resuming = cfg.resume and synced_exists(Path(cfg.out) / "config.yaml")  # --resume on a new folder starts it
     if cfg.structure == "channel" and cfg.target_latency is not None and not resuming:
         from kdprune.methods.structured import check_reachable

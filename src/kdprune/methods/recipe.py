@@ -41,6 +41,8 @@ class Recipe:
     iterative: bool = False
     #: the regime a recipe trains in when it takes no --retrain (EPSD: its own self-distillation loss)
     uses_retrain: bool = True
+    #: check(cfg, env): what only the recipe knows is out of reach, one line before the run's folder is written
+    check: Callable[[object, object], None] | None = None
 
     def stages(self, cfg) -> tuple[str, ...]:
         """The shared stages a run needs: the teacher and the KD student for a recipe that prunes the KD
