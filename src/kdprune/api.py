@@ -427,8 +427,8 @@ def prune(student: nn.Module, teacher: nn.Module | None, train_data, sparsity: f
         raise UserError(f"criterion {criterion!r} prunes over its own rounds: score_rounds, layer_floor and "
                         "score_norm do not apply")
     _check_mask_options(sparsity, scope, layer_floor, score_norm, 2 if crit.iterative else score_rounds)
-    MaskOptions(scope, layer_floor, score_norm).check_fits(
-        {n: p.numel() for n, p in prunable_parameters(student, prune_first, prune_last).items()}, sparsity)
+    params = prunable_parameters(student, prune_first, prune_last)
+    MaskOptions(scope, layer_floor, score_norm).check_fits({n: p.numel() for n, p in params.items()}, sparsity)
     _check_training(epochs, lr, "sgd", 0.9, True, 5e-4, "cosine")
     _check_training(distill_epochs, distill_lr, "sgd", 0.9, True, 5e-4, "cosine")
     retrain_optim(retrain_schedule, epochs, lr, distill_epochs or None)
@@ -449,7 +449,6 @@ def prune(student: nn.Module, teacher: nn.Module | None, train_data, sparsity: f
                    **{k: v for k, v in criterion_options.items() if k not in _MASK_ROUNDS})
     scores = score(student, train_data, **options)
     if crit.iterative:  # SynFlow builds its masks over its own rounds, as `kdprune run --method synflow` does
-        params = prunable_parameters(student, prune_first, prune_last)
         shape = options.get("input_shape") or _first_input_shape(train_data)
         masks = MaskSet(crit.masks_for(student, params, None, sparsity, scope, input_shape=shape, **rounds_kw))
     elif score_rounds > 1:

@@ -260,7 +260,8 @@ class SweepJob:
 
     def _work(self, item: Item) -> int:
         from kdprune import distributed
-        from kdprune.experiments.sweep import _TEACHER, _link_stage, _shared_dir, _shared_stages, _train_shared_locked
+        from kdprune.experiments.sweep import (_TEACHER, _link_stage, _shared_dir, _shared_stages, _train_shared_locked,
+                                               teacher_is_shared)
 
         folder = item.folder(self.out)
         started = [p.parent for p in sorted(folder.rglob("checkpoint.pt")) if not (p.parent / "metrics.json").exists()]
@@ -270,7 +271,7 @@ class SweepJob:
             print(f"kdprune job: {item.label()} in {folder}{ddp}{resumes}", flush=True)
         if item.stage != "run":
             keys = dict(_shared_stages(item.cfg))[item.stage]
-            if item.stage == "student" and not item.cfg.teacher_checkpoint:
+            if item.stage == "student" and teacher_is_shared(item.cfg):
                 _require(_shared_dir(self.out, item.cfg, "teacher", _TEACHER) / "teacher")
             _train_shared_locked(self.out, item.cfg, item.stage, keys, folder)
             return 0

@@ -552,7 +552,11 @@ def _mask_rounds(cfg) -> int:
 
 def reads(cfg, option: str) -> bool:
     """Whether the run's recipe reads ``option`` (its declared ``used_by``; an option without one is read by all)."""
-    used_by = next(f_ for f_ in fields(cfg) if f_.name == option).metadata.get("used_by")
+    return _read_by(cfg, next(f_ for f_ in fields(cfg) if f_.name == option))
+
+
+def _read_by(cfg, f_) -> bool:
+    used_by = f_.metadata.get("used_by")
     return used_by is None or _recipe(cfg) in used_by
 
 
@@ -582,7 +586,7 @@ def identity(cfg, keys=None) -> dict:
         v = getattr(cfg, f_.name)
         if "neutral" in f_.metadata and v == f_.metadata["neutral"]:
             continue
-        if "neutral" in f_.metadata and "used_by" in f_.metadata and _recipe(cfg) not in f_.metadata["used_by"]:
+        if "neutral" in f_.metadata and not _read_by(cfg, f_):
             continue  # an option added later that this run's recipe does not read does not identify it
         out[f_.name] = v
     return out

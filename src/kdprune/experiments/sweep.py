@@ -87,11 +87,16 @@ def run_id(cfg: RunConfig) -> str:
     return Path(cfg.out).name
 
 
+def teacher_is_shared(cfg: RunConfig) -> bool:
+    """A teacher given by ``teacher_checkpoint`` is no shared stage: nothing trains it, each stage that needs it
+    loads the file."""
+    return not cfg.teacher_checkpoint
+
+
 def _shared_stages(cfg: RunConfig) -> list[tuple[str, tuple]]:
-    """(stage, the options that determine it) for each shared stage the run's recipe needs. A teacher given by
-    ``teacher_checkpoint`` is no stage: nothing trains it, each stage that needs it loads the file."""
+    """(stage, the options that determine it) for each shared stage the run's recipe needs."""
     return [(stage, _STAGE_KEYS[stage]) for stage in method_or_structured(cfg).recipe.stages(cfg)
-            if not (stage == "teacher" and cfg.teacher_checkpoint)]
+            if stage != "teacher" or teacher_is_shared(cfg)]
 
 
 def _shared_dir(out: Path, cfg: RunConfig, stage: str, keys: tuple) -> Path:
@@ -128,7 +133,7 @@ def _train_shared_locked(out: Path, cfg: RunConfig, stage: str, keys: tuple, sdi
 
     if synced((sdir / stage / "metrics.json").is_file):
         return
-    if stage == "student" and not cfg.teacher_checkpoint:  # the student needs its teacher: link the shared one in
+    if stage == "student" and teacher_is_shared(cfg):  # the student needs its teacher: link the shared one in
         _link_stage(_shared_dir(out, cfg, "teacher", _TEACHER) / "teacher", sdir / "teacher")
     Stages(replace(cfg, out=str(sdir)), make_env(cfg), sdir).get(stage)
 

@@ -87,17 +87,25 @@ def _subset(loader: TensorLoader, labels: torch.Tensor, classes: list[int], seed
                         rank=loader.rank, world_size=loader.world_size, channels_last=loader.channels_last)
 
 
+def _own_heads(cfg) -> bool:
+    return getattr(cfg, "colt_heads", "shared") == "own"
+
+
+def _prunable_and_head(model, cfg) -> tuple[dict, list[str]]:
+    """The prunable weights and, with own heads, the names among them of the classifier (each ticket's own,
+    never in the intersection; the final ticket gets the fresh, dense C-class head of the initialisation)."""
+    params = prunable_parameters(model, cfg.prune_first, cfg.prune_last)
+    body = prunable_parameters(model, cfg.prune_first, prune_last=False)
+    return params, [n for n in params if n not in body] if _own_heads(cfg) else []
+
+
 def check_reachable(cfg, env) -> None:
     """With own heads the C-class classifier stays dense, so a target that keeps no more weights than it (98% of
     a CIFAR-100 ResNet-20 keeps 5,533 of 276,656; its head alone is 6,400) is never reached: rounds would go on
     forever, each removing less. One line, before anything is written."""
-    if getattr(cfg, "colt_heads", "shared") != "own":
-        return
-    model = build_model(cfg.arch, env, cfg.seed)
-    params = prunable_parameters(model, cfg.prune_first, cfg.prune_last)
-    body = prunable_parameters(model, cfg.prune_first, prune_last=False)
+    params, head = _prunable_and_head(build_model(cfg.arch, env, cfg.seed), cfg)
     n_total = sum(p.numel() for p in params.values())
-    n_head = sum(p.numel() for n, p in params.items() if n not in body)
+    n_head = sum(params[n].numel() for n in head)
     top = max(cfg.sparsity)
     if n_head and round((1.0 - top) * n_total) <= n_head:
         most = 1.0 - (n_head + 1) / n_total
@@ -108,17 +116,13 @@ def check_reachable(cfg, env) -> None:
 
 def run_colt(ctx) -> None:
     cfg, env, out = ctx.cfg, ctx.env, ctx.out
-    parts, own = cfg.colt_partitions, getattr(cfg, "colt_heads", "shared") == "own"
+    parts, own = cfg.colt_partitions, _own_heads(cfg)
     ctx.stages.dense_ce()
     init = ctx.model()
     init_state = {k: v.detach().clone() for k, v in init.state_dict().items()}
-    params = prunable_parameters(init, cfg.prune_first, cfg.prune_last)
+    params, head = _prunable_and_head(init, cfg)
     all_names = list(params)
     n_total = sum(p.numel() for p in params.values())
-    # own heads: the classifier is each ticket's own (C/P classes), never in the intersection; the final
-    # ticket gets the fresh, dense C-class head of the initialisation
-    body = prunable_parameters(init, cfg.prune_first, prune_last=False)
-    head = [n for n in all_names if n not in body] if own else []
     head_modules = tuple(n.rsplit(".", 1)[0] + "." for n in head)
     names = [n for n in all_names if n not in head]
     shapes = {n: params[n].shape for n in names}

@@ -71,9 +71,7 @@ def run_epsd(ctx) -> None:
     loader = env.score_loader(cfg.seed)
     if sd_saliency:
         warm_obj.attach(loader)
-        warm_obj.start_epoch(0, 1)
-        if hasattr(warm_obj, "previous") and warm_obj.memory is not None:
-            warm_obj.previous = warm_obj.memory.clone()  # PS-KD: targets from the warmup's last predictions
+        warm_obj.start_epoch(0, 1)  # PS-KD: targets from (a copy of) the warmup's last predictions
         scores = loss_gradient_scores(model, params, loader.batches_with_index(), warm_obj, num_batches=n_batches)
     else:
         scores = loss_gradient_scores(model, params, iter(loader), CrossEntropy(), num_batches=n_batches)
