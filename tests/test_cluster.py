@@ -17,6 +17,8 @@ from test_sweep import EXPECTED, SWEEP  # noqa: E402
 
 LOCAL = ["--launcher", "slurm", "--slurm-cluster", "local", "--slurm-gpus", "0", "--slurm-cpus", "1",
          "--slurm-poll", "0.2"]
+ONE_SEED = SWEEP.replace("seed: [0, 1]", "seed: [0]")  # 2 runs (teacher-guided, magnitude) sharing 2 stages
+assert ONE_SEED != SWEEP
 
 
 def _rows(store):
@@ -30,35 +32,35 @@ def _rows(store):
 @pytest.mark.slow
 def test_local_executor_runs_the_grid_like_a_local_sweep(tmp_path, run_cli):
     f = tmp_path / "sweep.yaml"
-    f.write_text(SWEEP.format(out=tmp_path / "out", student_epochs=2))
+    f.write_text(ONE_SEED.format(out=tmp_path / "out", student_epochs=2))
     code, out, err = run_cli("sweep", f, *LOCAL, "--slurm-array-parallelism", "2")
     assert code == 0, err
-    assert "4 runs: 0 done, 0 queued or running, 4 to submit; 4 shared stages (0 done)" in out
-    assert out.count("done   run ") == 4 and "FAILED" not in out
+    assert "2 runs: 0 done, 0 queued or running, 2 to submit; 2 shared stages (0 done)" in out
+    assert out.count("done   run ") == 2 and "FAILED" not in out
     store = tmp_path / "out" / "results.sqlite"
     rows = _rows(store)
-    assert len(rows) == EXPECTED
+    assert len(rows) == EXPECTED // 2
     con = sqlite3.connect(str(store))  # one writer: the rollback journal, not WAL (unsafe on network filesystems)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     con.close()
     assert not (tmp_path / "out" / "results.sqlite-wal").exists()
     jobs = json.loads((tmp_path / "out" / "slurm" / "jobs.json").read_text())
-    assert len(jobs) == 8 and {j["phase"] for j in jobs.values()} == {1, 2, 3}
+    assert len(jobs) == 4 and {j["phase"] for j in jobs.values()} == {1, 2, 3}
     # the same grid as a local sweep gives the same results, row for row (same hashes, same numbers)
     g = tmp_path / "local.yaml"
-    g.write_text(SWEEP.format(out=tmp_path / "local", student_epochs=2))
+    g.write_text(ONE_SEED.format(out=tmp_path / "local", student_epochs=2))
     assert run_cli("--threads", "1", "sweep", g)[0] == 0
     assert _rows(tmp_path / "local" / "results.sqlite") == rows
     # --collect rebuilds the store from the run folders the jobs wrote: the same store
     store.unlink()
     code, out, _ = run_cli("sweep", f, "--collect")
-    assert code == 0 and "8 results from 4 finished runs (0 not finished)" in out
+    assert code == 0 and "4 results from 2 finished runs (0 not finished)" in out
     assert _rows(store) == rows
     # submitting again submits nothing; --status reads the folders
     code, out, _ = run_cli("sweep", f, *LOCAL)
-    assert code == 0 and "4 runs: 4 done, 0 queued or running, 0 to submit" in out and "done   run" not in out
+    assert code == 0 and "2 runs: 2 done, 0 queued or running, 0 to submit" in out and "done   run" not in out
     code, out, _ = run_cli("sweep", f, "--status")
-    assert code == 0 and "4 runs: 4 done, 0 running, 0 failed, 0 to do; shared stages: 4 of 4 done" in out
+    assert code == 0 and "2 runs: 2 done, 0 running, 0 failed, 0 to do; shared stages: 2 of 2 done" in out
 
 
 def _children(pid: int) -> list[int]:

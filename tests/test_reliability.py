@@ -27,25 +27,28 @@ def _cli(*args, **kw):
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
-@pytest.mark.parametrize("stage_line", ["teacher resnet20: epoch 1/", "student resnet20 (KD): epoch 1/",
-                                        "retrain 0.9 kd: epoch 1/"])
+STAGE_LINES = ("teacher resnet20: epoch 1/", "student resnet20 (KD): epoch 1/", "retrain 0.9 kd: epoch 1/")
+
+
 @pytest.mark.slow
-def test_kill_9_then_resume_equals_uninterrupted(tmp_path, stage_line):
-    """Killed right after the first epoch of a stage (told by the progress line the run prints then, not by
-    polling for its checkpoint, which the stage deletes when it ends), the resumed run equals the reference."""
+def test_kill_9_in_each_stage_then_resume_equals_uninterrupted(tmp_path):
+    """Killed right after the first epoch of each stage in turn (told by the progress line the run prints then,
+    not by polling for its checkpoint, which the stage deletes when it ends), resumed each time, the run ends
+    equal to the uninterrupted reference."""
     ref = _cli(*ARGS, "--out", tmp_path / "ref")
     ref_out, _ = ref.communicate(timeout=300)
     assert ref.returncode == 0
-    p = _cli(*ARGS, "--out", tmp_path / "run")
-    seen = []
-    for line in p.stderr:  # one line per epoch when stderr is not a terminal
-        seen.append(line)
-        if line.startswith(stage_line):
-            break
-    assert seen and seen[-1].startswith(stage_line), "".join(seen[-5:])
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    assert p.returncode == -signal.SIGKILL
+    for n, stage_line in enumerate(STAGE_LINES):
+        p = _cli(*ARGS, "--out", tmp_path / "run", *(["--resume"] if n else []))
+        seen = []
+        for line in p.stderr:  # one line per epoch when stderr is not a terminal
+            seen.append(line)
+            if line.startswith(stage_line):
+                break
+        assert seen and seen[-1].startswith(stage_line), "".join(seen[-5:])
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        assert p.returncode == -signal.SIGKILL
     again = _cli(*ARGS, "--out", tmp_path / "run", "--resume")
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
