@@ -250,3 +250,15 @@ def test_report_of_a_sweep_file_leaves_out_its_earlier_versions_runs(tmp_path, r
     assert code == 0 and "3 results" in out  # the folder alone takes the stale run too
     code, _, err = run_cli("report", "--out", tmp_path / "none")
     assert code == 2 and "--sweep" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compute_table_names_the_level_a_method_stops_at():
+    """COLT with its own heads may not reach the highest level: its row says which level its cost is for."""
+    from kdprune.experiments.report import _markdown, aggregate
+
+    rows = [_row("teacher-guided", "plain", 0, s, 80.0) for s in (0.9, 0.95, 0.98)]
+    rows += [_row("colt", "plain", 0, s, 78.0, variant="own heads") for s in (0.9, 0.95)]
+    md = _markdown(aggregate(rows))
+    table = md.split("compute (means over seeds)", 1)[1]
+    assert "| colt (plain), to 95% |" in table and "| teacher-guided (plain) |" in table
+    assert "highest level (98%, or the lower one a row names" in table

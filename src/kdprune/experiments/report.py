@@ -221,8 +221,9 @@ def _markdown(agg: dict, published: dict | None = None) -> str:
         ch = _channel_only(agg, dataset, arch)
         lines += ["", f"### {dataset}, {arch}: compute (means over seeds)", "",
                   f"Epochs, images through forward+backward, teacher forwards and wall seconds to reach the "
-                  f"highest level ({level(ours[-1], ch)}; one-shot methods pay the same at every level, iterative "
-                  f"ones pay per round); then images relative to {ref_series[0]} ({ref_series[1]}) at each "
+                  f"highest level ({level(ours[-1], ch)}, or the lower one a row names where the method stops "
+                  f"there; one-shot methods pay the same at every level, iterative ones pay per round); then "
+                  f"images relative to {ref_series[0]} ({ref_series[1]}) at each "
                   f"level ({', '.join(level(s, ch) for s in ours)}).", "",
                   "| method (regime) | epochs | images fwd+bwd | teacher forwards | wall s | "
                   f"images / {ref_series[0]} ({ref_series[1]}) |",
@@ -232,7 +233,8 @@ def _markdown(agg: dict, published: dict | None = None) -> str:
             top = agg[(dataset, arch, *sr, have[-1])]
             ratios = " · ".join(f"{agg[(dataset, arch, *sr, s)]['images_fwd_bwd'] / ref[s]:.2f}" if ref.get(s) else "–"
                                 for s in have)
-            lines.append(f"| {sr[0]} ({sr[1]}) | {top['total_epochs']:.0f} | {top['images_fwd_bwd']:,.0f} | "
+            stops = f", to {level(have[-1], ch)}" if have[-1] != ours[-1] else ""
+            lines.append(f"| {sr[0]} ({sr[1]}){stops} | {top['total_epochs']:.0f} | {top['images_fwd_bwd']:,.0f} | "
                          f"{top['teacher_forwards']:,.0f} | {top['total_wall_seconds']:.1f} | {ratios} |")
         lines.append("")
     return "\n".join(lines)
@@ -304,11 +306,11 @@ def _cheapest_within(pts: list[tuple], margin: float = 0.5) -> str:
 
 MAX_SERIES = 8  # lines (or points) in one panel, the dense reference not counted
 
-# Figure panels by recipe family: the paper's method is compared with each family in its own panel.
+# Figure panels by recipe family: the paper's method is compared with each family in its own panel. A channel
+# pruning run's method names its criterion (magnitude, teacher-guided, ...): it falls in "post-training".
 _FAMILIES = (("post-training", "the same recipe, other criteria"),
              ("at-init", "pruning at initialisation and iterative pruning"),
-             ("epsd", "early pruning with self-distillation"),
-             ("channel", "channel pruning"))
+             ("epsd", "early pruning with self-distillation"))
 
 
 def _family(method: str) -> str:
@@ -366,7 +368,7 @@ def comparison_panels(agg: dict, dataset: str) -> list[tuple[str, list]]:
         if not methods:
             continue
         papers = [am for am in main if am[1] == PAPER_METHOD]
-        own = fam == "post-training" or fam == "channel"
+        own = fam == "post-training"
         ref = [sr for am in papers for sr in (main[am] if own else [best[am]])]
         chosen = [sr for am in methods for sr in (main[am] if own else [best[am]])]
         room = max(1, MAX_SERIES - len(ref))
@@ -385,7 +387,7 @@ def ablation_panels(agg: dict, dataset: str) -> list[tuple[str, list]]:
     series, main, best = _series_sets(agg, dataset)
     panels = []
     for am, setting in sorted(main.items(), key=lambda kv: (kv[0][1] != _paper(), kv[0])):
-        ref = setting if am[1] == _paper() or _family(am[1]) in ("post-training", "channel") else [best[am]]
+        ref = setting if am[1] == _paper() or _family(am[1]) == "post-training" else [best[am]]
         others = [sr for sr in series if sr[:2] == am and sr not in ref]
         guards = [sr for sr in others if any(g in agg_info(agg, dataset, sr)["variant"] for g in _GUARDS)]
         schedules = [sr for sr in others if sr not in guards]
