@@ -32,19 +32,20 @@ def _cfg(out, **kw):
     return build_config(RunConfig, overrides)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
     return out, run_pipeline(_cfg(out))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["teacher", "student", "retrain 0.9 kd"])
-def test_resume_reproduces_uninterrupted_run(tmp_path, reference, stage):
+def test_resume_reproduces_uninterrupted_run(tmp_path, reference):
+    """Crashed in each stage in turn (teacher, student, retraining), resumed each time: the same run."""
     ref_out, ref_rows = reference
     out = tmp_path / "run"
-    with pytest.raises(Crash):
-        run_pipeline(_cfg(out), callbacks=[CrashAt(stage, 0)])
+    for n, stage in enumerate(["teacher", "student", "retrain 0.9 kd"]):
+        with pytest.raises(Crash, match=f"in {stage}"):
+            run_pipeline(_cfg(out, **({"resume": "true"} if n else {})), callbacks=[CrashAt(stage, 0)])
     rows = run_pipeline(_cfg(out, resume="true"))
     key = lambda r: (r["target_sparsity"], r["regime"])
     assert [(key(r), r["top1"]) for r in rows] == [(key(r), r["top1"]) for r in ref_rows]
