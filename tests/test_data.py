@@ -21,6 +21,18 @@ def test_digits_is_real_and_split_fixed():
     assert torch.equal(ds.test_x, again.test_x)
 
 
+def test_digits_read_from_the_file_equal_scikit_learns_loader():
+    """kdprune reads scikit-learn's digits file itself (no scikit-learn import per process): the same arrays."""
+    from sklearn.datasets import load_digits
+
+    from kdprune.data.datasets import digits_arrays
+
+    images, labels = digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(labels, bunch.target)
+    assert images.shape == (1797, 8, 8) and labels.dtype == np.int64
+
+
 @pytest.mark.parametrize("as_parent", [True, False])
 def test_cifar10_reader_matches_the_pickles(tmp_path, as_parent):
     folder = write_cifar10(tmp_path)
