@@ -114,8 +114,8 @@ def test_ddp_training_steps_equal_the_single_process_steps(tmp_path, channels_la
 
 @pytest.mark.slow
 def test_torchrun_run_keeps_ranks_identical_and_prunes_like_one_process(tmp_path):
-    common = ["run", "--device", "cpu", "--teacher-arch", "resnet20", "--teacher-epochs", "3", "--student-epochs",
-              "3", "--retrain-epochs", "1", "--batch-size", "64", "--score-batches", "4", "--sparsity", "0.5,0.9",
+    common = ["run", "--device", "cpu", "--teacher-arch", "resnet20", "--teacher-epochs", "1", "--student-epochs",
+              "1", "--retrain-epochs", "1", "--batch-size", "64", "--score-batches", "4", "--sparsity", "0.5,0.9",
               "--retrain", "plain"]
     ddp = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                 str(_free_port()), "-m", "kdprune", *common, "--out", str(tmp_path / "ddp")],

@@ -213,6 +213,7 @@ base:
   structure: channel
   method: magnitude
   latency_runtime: torch
+  channel_round: 8
   teacher_arch: resnet20
   teacher_epochs: 1
   student_epochs: 1
