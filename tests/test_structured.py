@@ -232,6 +232,17 @@ def test_rounded_widths_are_a_variant_of_their_own():
     assert channel_variant(RunConfig(channel_round=8)) == "channel, widths x8"
 
 
+def test_a_latency_target_names_its_runtime_in_the_variant():
+    """The end-to-end latency test runs with rounded widths; the unrounded variant is checked here."""
+    from kdprune.experiments.config import RunConfig
+    from kdprune.methods.structured import channel_variant
+
+    cfg = dict(target_latency="2x", latency_runtime="torch")
+    assert channel_variant(RunConfig(**cfg)) == "channel, latency torch"
+    assert channel_variant(RunConfig(**cfg, channel_round=8)) == "channel, latency torch, widths x8"
+    assert channel_variant(RunConfig(target_latency="2x", latency_runtime="onnxruntime")) == "channel, latency onnxruntime"
+
+
 def test_channel_rounding_keeps_multiples_and_still_reaches_the_target():
     torch.manual_seed(8)
     model = create_model("resnet20", 10, 3).eval()
