@@ -30,6 +30,10 @@ def test_docs_site_builds_strictly(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     ref = (tmp_path / "site" / "reference" / "index.html").read_text()
     assert "kdprune.api.prune" in ref and "TensorLoader" in ref  # the API reference comes from the docstrings
+    home = (tmp_path / "site" / "index.html").read_text()  # the home page is the README, its links made site-relative
+    readme = (ROOT / "README.md").read_text()
+    last_heading = re.findall(r"^## (.+)$", readme, re.M)[-1]
+    assert last_heading in home and 'href="api/"' in home and "docs/api.md" not in home
     nav = [p for p in re.findall(r":\s*([\w./-]+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), re.M)]
     assert len(nav) >= 15 and all((ROOT / "docs" / p).is_file() for p in nav)
 
@@ -42,6 +46,7 @@ def test_a_broken_link_fails_the_docs_build(tmp_path):
 
     shutil.copytree(ROOT / "docs", tmp_path / "docs")
     shutil.copy(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")  # the home page's text
     shutil.copytree(ROOT / "src", tmp_path / "src")
     page = tmp_path / "docs" / "methods.md"
     page.write_text(page.read_text() + "\nSee [a page that is not there](no-such-page.md).\n")
