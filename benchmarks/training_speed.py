@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import median_seconds, synthetic_split  # noqa: E402
 
 from kdprune.data import TensorLoader
-from kdprune.deploy.latency import cpu_name
+from kdprune.hardware import cpu_name
 from kdprune.losses import CrossEntropy, Distillation
 from kdprune.models import create_model
 from kdprune.pruning import MaskSet, global_masks, prunable_parameters

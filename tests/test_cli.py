@@ -33,6 +33,13 @@ def test_run_end_to_end_on_digits(tmp_path, run_cli):
         assert torch.count_nonzero(state[k][m == 0]) == 0
     for sub in ("teacher", "student", "sparsity-0.9/plain"):
         assert (out / sub / "metrics.json").is_file() and not (out / sub / "checkpoint.pt").exists()
+    # where it ran: every stage and every row name this machine's processor and thread count
+    from kdprune.hardware import cpu_name
+
+    teacher = json.loads((out / "teacher" / "metrics.json").read_text())
+    (where,) = teacher["hardware"]
+    assert where.startswith(cpu_name() + ", ") and where.endswith(("1 thread", "threads"))
+    assert all(h["hardware"] == where for h in teacher["history"]) and {r["hardware"] for r in rows} == {where}
     assert (out / "config.yaml").is_file() and (out / "sparsity-0.5" / "kd" / "config.yaml").is_file()
     # an existing run is protected
     code, _, err = run_cli("run", "--out", out, *TINY_RUN)

@@ -262,3 +262,25 @@ def test_compute_table_names_the_level_a_method_stops_at():
     table = md.split("compute (means over seeds)", 1)[1]
     assert "| colt (plain), to 95% |" in table and "| teacher-guided (plain) |" in table
     assert "highest level (98%, or the lower one a row names" in table
+
+
+def test_the_report_says_where_its_results_ran(tmp_path, run_cli):
+    d = tmp_path / "runs"
+    d.mkdir()
+    rows = [_row("magnitude", "plain", seed, 0.9, 70.0 + seed, hardware=hw)
+            for seed, hw in ((0, "cpu A, 2 threads"), (1, "cpu A, 2 threads"), (2, "cpu B, 1 thread"))]
+    rows.append(_row("magnitude", "plain", 3, 0.9, 71.0))  # a run from before the field
+    (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = run_cli("report", d, "--out", tmp_path / "r")
+    assert code == 0, err
+    md = (tmp_path / "r" / "results.md").read_text()
+    where = md.split("## Where the results ran")[1]
+    assert [l for l in where.splitlines() if l.startswith("| ") and "results |" not in l] == [
+        "| cpu A, 2 threads | 2 |", "| cpu B, 1 thread | 1 |", "| not recorded | 1 |"]
+    with open(tmp_path / "r" / "results.csv") as f:
+        assert sorted(r["hardware"] for r in csv.DictReader(f)) == ["", "cpu A, 2 threads", "cpu A, 2 threads",
+                                                                     "cpu B, 1 thread"]
+    rows = [_row("magnitude", "plain", 0, 0.9, 70.0)]  # no row says: no section
+    (d / "results.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    code, _, err = run_cli("report", d, "--out", tmp_path / "r2")
+    assert code == 0 and "Where the results ran" not in (tmp_path / "r2" / "results.md").read_text()

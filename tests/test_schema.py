@@ -44,7 +44,7 @@ def test_one_result_row_gives_the_csv_header_and_the_store_columns(tmp_path):
 def test_a_row_survives_the_store_and_the_csv_unchanged(tmp_path):
     rows = [_row(), _row(regime="plain", teacher_top1=None),
             _row(variant="channel", structure="channel", target_macs=2.0, macs=100, macs_before=200,
-                 macs_reduction=2.0, params=5000)]
+                 macs_reduction=2.0, params=5000, hardware="AMD EPYC, 2 threads + NVIDIA H200")]
     store = tmp_path / "s.sqlite"
     assert add_rows(store, "abc", rows) == 3 and add_rows(store, "abc", rows) == 0  # keyed: no doubles
     back = sorted(all_rows(store), key=lambda r: (r["regime"], r["variant"]))
@@ -70,6 +70,19 @@ def test_costs_add():
     a = Cost.of({"epochs": 2, "images_fwd_bwd": 100, "teacher_forwards": 5, "wall_seconds": 1.5, "top1": 9})
     b = Cost.of(None) + Cost(wall_seconds=0.5) + Cost(epochs=1, images_fwd_bwd=50)
     assert a + b == Cost(3, 150, 5, 2.0)
+    # the machines: distinct, in the order the stages ran (a resumed stage may list two)
+    c = Cost.of({"epochs": 1, "hardware": ["cpu A, 2 threads", "cpu B, 1 thread"]}) + Cost.of({"hardware": ["gpu"]})
+    assert (c + Cost.of({"hardware": ["cpu B, 1 thread"]})).hardware == ("cpu A, 2 threads", "cpu B, 1 thread", "gpu")
+    assert (a + b).hardware == ()
+
+
+def test_describe_names_the_processor_and_the_thread_or_rank_count(monkeypatch):
+    from kdprune.hardware import cpu_name, describe
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert describe("cpu") == f"{cpu_name()}, 1 thread" and cpu_name()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert describe(torch.device("cpu"), world_size=2) == f"2 × {cpu_name()}, 3 threads"
 
 
 # ------------------------------------------------------------------------------- recipes as objects

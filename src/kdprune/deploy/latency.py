@@ -3,7 +3,6 @@ measurement hits every model alike and the ratios between them hold even on a no
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from typing import Callable
@@ -49,14 +48,3 @@ def eager_forward(model: nn.Module, x: torch.Tensor, channels_last: bool = False
 
     return run
 
-
-def cpu_name() -> str:
-    """The processor's model name (``/proc/cpuinfo``), for saying where a latency was measured."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

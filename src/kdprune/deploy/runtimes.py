@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 
 from kdprune.choices import LATENCY_RUNTIMES as RUNTIMES
-from kdprune.deploy.latency import cpu_name, eager_forward, interleaved_times
+from kdprune.deploy.latency import eager_forward, interleaved_times
+from kdprune.hardware import cpu_name
 from kdprune.errors import UserError
 
 ORT_INSTALL_HINT = ("--latency-runtime onnxruntime needs onnxruntime and onnx: pip install 'kdprune[export]' (in a "

@@ -87,7 +87,7 @@ def latency_points(rows: list[dict], labels: dict[int, str], times: dict[int, tu
 
 
 def where(batch: int, channels_last: bool = True, runtime: str = "torch") -> str:
-    from kdprune.deploy.latency import cpu_name
+    from kdprune.hardware import cpu_name
 
     layout = "channels_last" if channels_last else "NCHW"
     name = f"PyTorch eager ({layout})" if runtime == "torch" else "ONNX Runtime (CPU)"

@@ -583,6 +583,23 @@ def plot_radar(agg: dict, path: Path, levels=RADAR_LEVELS) -> bool:
     return True
 
 
+def hardware_markdown(rows: list[dict]) -> str:
+    """How many results ran on which machines (a row's ``hardware``); empty when no row recorded it."""
+    from collections import Counter
+
+    counts = Counter(r.get("hardware") or "" for r in rows)
+    if not any(counts):
+        return ""
+    lines = ["## Where the results ran", "",
+             "The machines of the training stages each result counts (its `hardware`: processor and thread "
+             "count, or GPU); float results differ between them. \"not recorded\": runs of kdprune versions "
+             "before the field.", "",
+             "| hardware | results |", "|---|---:|"]
+    for hw, n in sorted(counts.items(), key=lambda kv: (not kv[0], -kv[1], kv[0])):
+        lines.append(f"| {hw or 'not recorded'} | {n} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(paths: list[str | Path], out: str | Path, published: str | Path | None = None,
                  latency_batch: int | None = None, latency_channels_last: bool = True,
                  latency_runtime: str = "torch") -> dict:
@@ -600,9 +617,9 @@ def write_report(paths: list[str | Path], out: str | Path, published: str | Path
     compute = compute_markdown(agg)
     if compute:
         md = md.rstrip("\n") + "\n\n" + compute
-    classes = class_lines(rows)
-    if classes:
-        md = md.rstrip("\n") + "\n\n" + classes
+    for section in (class_lines(rows), hardware_markdown(rows)):
+        if section:
+            md = md.rstrip("\n") + "\n\n" + section
     written = ["results.csv", "results.md"]
     from kdprune.experiments.latency_report import write_latency, write_recorded_latency
 

@@ -297,7 +297,7 @@ class RunContext:
             scoring_batches=scoring_batches, wall_seconds=m["wall_seconds"], total_wall_seconds=cost.wall_seconds,
             nonzero_params=m["sparsity"]["nonzero_params"], total_params=m["sparsity"]["total_params"],
             teacher_images_fwd_bwd=int(teacher_m.get("images_fwd_bwd", 0)) if counts else 0, out=str(rdir),
-            **extra).to_dict()
+            hardware=" + ".join(cost.hardware) or None, **extra).to_dict()
         self.rows.append(row)
         if self.env.is_main and result_key(row) not in self.done:
             append_jsonl(self.out / "results.jsonl", row)

@@ -11,24 +11,30 @@ from __future__ import annotations
 import typing
 from dataclasses import asdict, dataclass, field, fields
 
+from kdprune.hardware import machines
+
 
 @dataclass(frozen=True)
 class Cost:
-    """Training compute: epochs, images through forward+backward, teacher forwards, wall seconds."""
+    """Training compute: epochs, images through forward+backward, teacher forwards, wall seconds, and the
+    machines it ran on (:func:`kdprune.hardware.describe`; none for stages recorded before kdprune kept it)."""
 
     epochs: int = 0
     images_fwd_bwd: int = 0
     teacher_forwards: int = 0
     wall_seconds: float = 0.0
+    hardware: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, metrics: dict | None) -> "Cost":
         """The cost a training stage recorded in its metrics (None: nothing, e.g. a given checkpoint)."""
         m = metrics or {}
-        return cls(*(m.get(f.name, 0) for f in fields(cls)))
+        return cls(*(m.get(f.name, 0) for f in fields(cls) if f.name != "hardware"),
+                   hardware=tuple(machines([m.get("hardware")])))
 
     def __add__(self, other: "Cost") -> "Cost":
-        return Cost(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        summed = (getattr(self, f.name) + getattr(other, f.name) for f in fields(self) if f.name != "hardware")
+        return Cost(*summed, hardware=tuple(machines([self.hardware, other.hardware])))
 
 
 def _extra(default=None):
@@ -82,6 +88,8 @@ class ResultRow:
     latency_ms: float | None = _extra()
     latency_speedup: float | None = _extra()
     predicted_speedup: float | None = _extra()
+    # the machines of the training stages this row's cost counts (kdprune.hardware.describe), " + "-joined
+    hardware: str | None = _extra()
 
     @classmethod
     def columns(cls) -> list[str]:

@@ -335,8 +335,10 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> dict:
         """Train for the remaining epochs; returns the last epoch's metrics (with the history)."""
-        from kdprune.distributed import synced_exists
+        from kdprune.distributed import synced_exists, world_size
+        from kdprune.hardware import describe
 
+        where = describe(self.device, world_size())  # per epoch: a resumed run may finish on another machine
         if resume and self.checkpoint_path and synced_exists(self.checkpoint_path):
             self.load_state_dict(load_checkpoint(self.checkpoint_path, map_location=self.device))
         if self.masks is not None:
@@ -353,7 +355,7 @@ class Trainer:
                         f"the last good checkpoint is kept (lower --lr or set --grad-clip)")
                 metrics.update({f"test_{k}": v for k, v in self._evaluate().items()})
                 metrics.update({"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
-                                "seconds": time.perf_counter() - t0})
+                                "seconds": time.perf_counter() - t0, "hardware": where})
                 self.history.append(metrics)
                 self._progress.epoch_end(epoch + 1, metrics)
                 for cb in self.callbacks:  # side files first, then the checkpoint commits the epoch

@@ -17,6 +17,7 @@ import torch.nn as nn
 from kdprune import distributed
 from kdprune.data import ImageDataset, TensorLoader, load_dataset
 from kdprune.errors import UserError
+from kdprune.hardware import describe, machines
 from kdprune.io import read_json, remove_stale_temps, save_tensors, write_json
 from kdprune.losses import Objective
 from kdprune.models.weights import read_state_dict
@@ -140,6 +141,7 @@ def run_training_stage(
         "epochs": epochs,
         "objective": objective.name,
         "wall_seconds": sum(h["seconds"] for h in history),
+        "hardware": machines(h.get("hardware") for h in history) or [describe(env.device, env.world_size)],
         "images_fwd_bwd": trainer.images_seen + trainer.extra_images,
         "teacher_forwards": trainer.teacher_forwards,
         "history": history,
