@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the teacher-strength ladder (configs/cpu/teacher-ladder-[123].yaml, in order), its scoring variants
-# (configs/cpu/teacher-ladder-scoring.yaml) and the training-length sweep (configs/cpu/cifar10-long.yaml), and
-# writes their reports into docs/teacher-ladder/. Interrupt it at any time; running it again resumes where it
-# stopped. JOBS workers of 1 thread each (default 1).
+# (configs/cpu/teacher-ladder-scoring.yaml and teacher-ladder-scoring-cifar10.yaml) and the training-length
+# sweep (configs/cpu/cifar10-long.yaml), and writes their reports into docs/teacher-ladder/. Interrupt it at any time; running it again resumes where it
+# stopped. JOBS workers (default 1), of 1 thread each for the ladder and 2 for the last two sweeps.
 # Needs CIFAR-10 and CIFAR-100 in data/: with internet, set download: true in the YAML files; in this
 # project's workplace ../shared/data/make_cifar10.py and make_cifar100.py write them.
 set -euo pipefail
@@ -30,6 +30,9 @@ $kdprune report "${parts[@]/#/--sweep=}" --ladder --out docs/teacher-ladder
 # part 3 of the issue: three scoring variants beside the paper's method and magnitude on the strongest teachers
 $kdprune sweep configs/cpu/teacher-ladder-scoring.yaml --jobs "${JOBS:-1}" --threads 1
 $kdprune report --sweep configs/cpu/teacher-ladder-scoring.yaml --out docs/teacher-ladder/scoring
-$kdprune sweep configs/cpu/cifar10-long.yaml --jobs "${JOBS:-1}" --threads 1
+# the committed rows of these two ran with 2 threads a worker
+$kdprune sweep configs/cpu/teacher-ladder-scoring-cifar10.yaml --jobs "${JOBS:-1}" --threads 2
+$kdprune report --sweep configs/cpu/teacher-ladder-scoring-cifar10.yaml --out docs/teacher-ladder/scoring-cifar10
+$kdprune sweep configs/cpu/cifar10-long.yaml --jobs "${JOBS:-1}" --threads 2
 # beside the CPU CIFAR-10 benchmark's rows at the usual length (its committed results.csv)
 $kdprune report docs/cifar10-cpu-benchmark/results.csv --sweep configs/cpu/cifar10-long.yaml --out docs/teacher-ladder/training-length
