@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the teacher-strength ladder (configs/cpu/teacher-ladder-[123].yaml, in order), its scoring variants
 # (configs/cpu/teacher-ladder-scoring.yaml and teacher-ladder-scoring-cifar10.yaml) and the training-length
-# sweep (configs/cpu/cifar10-long.yaml), and writes their reports into docs/teacher-ladder/. Interrupt it at any time; running it again resumes where it
-# stopped. JOBS workers (default 1), of 1 thread each for the ladder and 2 for the last two sweeps.
+# sweep (configs/cpu/cifar10-long.yaml), and writes their reports into docs/teacher-ladder/. Interrupt it at
+# any time; running it again resumes where it stopped. JOBS workers (default 1), of 1 thread each for the
+# ladder and 2 for the last two sweeps.
 # Needs CIFAR-10 and CIFAR-100 in data/: with internet, set download: true in the YAML files; in this
 # project's workplace ../shared/data/make_cifar10.py and make_cifar100.py write them.
 set -euo pipefail
