@@ -115,6 +115,40 @@ def test_two_results_for_one_cell_are_refused(tmp_path, run_cli):
     assert "two different results for teacher-guided (kd) at 0.9, seed 0" in err and "59.0 and 12.0" in err
 
 
+def test_a_benchmarks_mixed_schedules_and_lengths_are_compared_within_each(tmp_path, run_cli):
+    """A benchmark's rows mix retraining schedules and lengths: each difference compares rows of one setting
+    (here only restart at 3 epochs has both criteria), named in the columns and the tally; a ladder's rows,
+    which share one, name none (the test above)."""
+    rows = []
+    for seed in (0, 1):
+        for method, regime, top1 in (("magnitude", "plain", 60.0), ("magnitude", "kd", 59.0),
+                                     ("teacher-guided", "plain", 61.0), ("teacher-guided", "kd", 58.0)):
+            rows.append(_row(method, regime, seed, 0.9, top1 + seed, STRONG))
+        # the paper's method fine-tuned, and restarted for 1 epoch: no magnitude twin, their own kd - plain
+        rows.append({**_row("teacher-guided", "plain", seed, 0.9, 50.0, STRONG, variant="finetune"),
+                     "out": f"/ft/{seed}/plain"})
+        rows.append({**_row("teacher-guided", "kd", seed, 0.9, 53.0, STRONG, variant="finetune"),
+                     "out": f"/ft/{seed}/kd"})
+        rows.append({**_row("teacher-guided", "plain", seed, 0.9, 40.0, STRONG), "epochs": 1, "out": f"/e1/{seed}"})
+    diffs = differences(rows)
+    assert sorted((d.kind, d.method, d.regime, d.setting, round(d.mean, 6), d.n) for d in diffs) == [
+        ("kd-plain", "magnitude", "", "restart, 3 ep", -1.0, 2),
+        ("kd-plain", "teacher-guided", "", "finetune, 3 ep", 3.0, 2),
+        ("kd-plain", "teacher-guided", "", "restart, 3 ep", -3.0, 2),
+        ("tg-magnitude", "teacher-guided", "kd", "restart, 3 ep", -1.0, 2),
+        ("tg-magnitude", "teacher-guided", "plain", "restart, 3 ep", 1.0, 2)]
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = run_cli("report", runs, "--ladder", "--out", tmp_path / "o")
+    assert code == 0, err
+    md = (tmp_path / "o" / "ladder.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| difference"))
+    assert header.strip("| ").split(" | ")[1:] == ["resnet56 80.00% (gap –), finetune, 3 ep",
+                                                   "resnet56 80.00% (gap –), restart, 3 ep"]
+    assert "- teacher-guided − magnitude pruning above zero: digits resnet56 80.00% (restart, 3 ep): 1 of 2" in md
+
+
 def test_alpha_other_than_the_papers_names_the_row():
     from kdprune.methods.context import variant
 

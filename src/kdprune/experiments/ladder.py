@@ -3,8 +3,9 @@
 The runs of a teacher-strength ladder train several teachers of different accuracy and, under each, the
 same students: the dense students (``--method dense``: CE and KD), and teacher-guided and magnitude pruning
 with plain and KD retraining. Rows are grouped by teacher (dataset, student, teacher architecture and the
-teacher's top-1: each teacher is trained once) and, within a teacher, paired by seed. Three differences
-measure the teacher's signal where it enters:
+teacher's top-1: each teacher is trained once) and, within a teacher, paired by seed. Rows that mix
+retraining schedules or retraining lengths (a benchmark's, not a ladder's) are compared within each
+``setting``, e.g. ``restart, 3 ep``. Three differences measure the teacher's signal where it enters:
 
 * ``kd-ce student``: the dense KD student − the dense CE student (the student's own training);
 * ``tg-magnitude``: teacher-guided − magnitude pruning at one sparsity, one retraining regime (the criterion);
@@ -64,16 +65,44 @@ class Difference:
     mean: float
     std: float
     n: int
+    setting: str = ""          # retraining schedule and epochs where the rows mix them ("restart, 3 ep")
 
     @property
     def teacher(self) -> Teacher:
         return Teacher(self.dataset, self.arch, self.teacher_arch, self.teacher_top1)
 
+    @property
+    def label(self) -> str:
+        """Its setting and variant, as a column's or a hollow marker's name ("" at a ladder's settings)."""
+        return ", ".join(p for p in (self.setting, self.variant) if p)
+
+
+_SCHEDULES = ("finetune", "lr-rewind", "restart")
+
+
+def _parts(r: dict) -> list[str]:
+    return [p.strip() for p in (r.get("variant") or "").split(",") if p.strip()]
+
 
 def _variant(r: dict) -> str:
-    """The row's variant without the retraining schedule, which every ladder row shares."""
-    parts = [p.strip() for p in (r.get("variant") or "").split(",")]
-    return ", ".join(p for p in parts if p and p not in ("finetune", "lr-rewind", "restart"))
+    """The row's variant without its retraining schedule (see :func:`_setting`)."""
+    return ", ".join(p for p in _parts(r) if p not in _SCHEDULES)
+
+
+def _setting(rows: list[dict]):
+    """``row -> setting``: the retraining schedule and epochs of a pruning row, named only where the pruning
+    rows differ in them. Every ladder row shares both (the setting is then ""); a benchmark's rows mix them
+    (fine-tuning against restart, 1 against 3 epochs), and a difference compares two rows of one setting."""
+    pruned = [r for r in rows if r["method"] in (PAPER_METHOD, "magnitude")]
+    schedules = {tuple(p for p in _parts(r) if p in _SCHEDULES) for r in pruned}
+    epochs = {str(r.get("epochs")) for r in pruned}
+
+    def setting(r: dict) -> str:
+        if r["method"] == "dense":
+            return ""
+        parts = [p for p in _parts(r) if p in _SCHEDULES] if len(schedules) > 1 else []
+        return ", ".join(parts + ([f"{r.get('epochs')} ep"] if len(epochs) > 1 else []))
+    return setting
 
 
 def _put(seeds: dict[int, float], r: dict, where) -> None:
@@ -111,34 +140,36 @@ def _paired(a: dict[int, float], b: dict[int, float]) -> list[float]:
 def differences(rows: list[dict]) -> list[Difference]:
     """Every difference the rows allow, grouped by teacher (the order: dataset, teacher by top-1, kind)."""
     ce = ce_students(rows)
+    setting_of = _setting(rows)
     out = []
     for t, rs in sorted(_by_teacher(rows).items()):
         ce_seeds = ce.get((t.dataset, t.arch), {})
         gap = t.teacher_top1 - statistics.fmean(ce_seeds.values()) if ce_seeds else None
-        # top-1 by seed of each (method, sparsity, regime, variant) under this teacher
+        # top-1 by seed of each (method, sparsity, regime, variant, setting) under this teacher
         cell: dict[tuple, dict[int, float]] = defaultdict(dict)
         for r in rs:
-            _put(cell[(r["method"], float(r["target_sparsity"]), r["regime"], _variant(r))], r,
+            _put(cell[(r["method"], float(r["target_sparsity"]), r["regime"], _variant(r), setting_of(r))], r,
                  f"the {t.teacher_arch} teacher ({t.teacher_top1:.2f}%) on {t.dataset}")
 
-        def add(kind, method, s, regime, variant, diffs):
+        def add(kind, method, s, regime, variant, setting, diffs):
             if diffs:
                 m, sd = mean_std(diffs)
                 out.append(Difference(t.dataset, t.arch, t.teacher_arch, t.teacher_top1, gap, kind, method, s,
-                                      regime, variant, m, sd, len(diffs)))
+                                      regime, variant, m, sd, len(diffs), setting))
 
-        for (method, s, regime, variant), seeds in sorted(cell.items()):
+        for (method, s, regime, variant, setting), seeds in sorted(cell.items()):
             if method == "dense" and regime == "kd":
-                add("kd-ce student", "dense", 0.0, "", variant, _paired(seeds, ce_seeds))
-            if method == PAPER_METHOD and ("magnitude", s, regime, variant) in cell:
-                add("tg-magnitude", PAPER_METHOD, s, regime, variant,
-                    _paired(seeds, cell[("magnitude", s, regime, variant)]))
-            if method != "dense" and regime == "kd" and (method, s, "plain", variant) in cell:
-                add("kd-plain", method, s, "", variant, _paired(seeds, cell[(method, s, "plain", variant)]))
+                add("kd-ce student", "dense", 0.0, "", variant, setting, _paired(seeds, ce_seeds))
+            if method == PAPER_METHOD and ("magnitude", s, regime, variant, setting) in cell:
+                add("tg-magnitude", PAPER_METHOD, s, regime, variant, setting,
+                    _paired(seeds, cell[("magnitude", s, regime, variant, setting)]))
+            if method != "dense" and regime == "kd" and (method, s, "plain", variant, setting) in cell:
+                add("kd-plain", method, s, "", variant, setting,
+                    _paired(seeds, cell[(method, s, "plain", variant, setting)]))
     order = {k: i for i, k in enumerate(KINDS)}
     regime = {"plain": 0, "kd": 1}
     return sorted(out, key=lambda d: (d.dataset, d.arch, order[d.kind], d.method != PAPER_METHOD, d.method,
-                                      regime.get(d.regime, 0), d.sparsity, d.teacher_top1, d.variant))
+                                      regime.get(d.regime, 0), d.sparsity, d.teacher_top1, d.setting, d.variant))
 
 
 def _teacher_label(t: Teacher, gap: float | None, variant: str) -> str:
@@ -160,11 +191,11 @@ def ladder_markdown(diffs: list[Difference], ce: dict[tuple, dict[int, float]] |
     parts = []
     for ds, arch in sorted({(d.dataset, d.arch) for d in diffs}):
         ds_diffs = [d for d in diffs if (d.dataset, d.arch) == (ds, arch)]
-        cols = sorted({(d.teacher, d.variant) for d in ds_diffs}, key=lambda c: (c[0].teacher_top1, c[1]))
+        cols = sorted({(d.teacher, d.label) for d in ds_diffs}, key=lambda c: (c[0].teacher_top1, c[1]))
         gaps = {d.teacher: d.gap for d in ds_diffs}
         rows: dict[str, dict] = {}
         for d in ds_diffs:
-            rows.setdefault(_row_label(d), {})[(d.teacher, d.variant)] = d
+            rows.setdefault(_row_label(d), {})[(d.teacher, d.label)] = d
         head = [_teacher_label(t, gaps[t], v) for t, v in cols]
         seeds = (ce or {}).get((ds, arch), {})
         ref = (f"Dense CE student (the gap's reference): {statistics.fmean(seeds.values()):.2f}% "
@@ -185,25 +216,25 @@ def ladder_markdown(diffs: list[Difference], ce: dict[tuple, dict[int, float]] |
 
 
 def _tally(diffs: list[Difference]) -> str:
-    """How many cells of each kind are above zero, at the paper's settings, by teacher."""
+    """How many cells of each kind are above zero, at the paper's settings, by teacher (and setting)."""
     lines = []
     for kind in KINDS:
         ds = [d for d in diffs if d.kind == kind and not d.variant]
         if not ds:
             continue
-        by_t: dict[Teacher, list[Difference]] = defaultdict(list)
+        by_t: dict[tuple[Teacher, str], list[Difference]] = defaultdict(list)
         for d in ds:
-            by_t[d.teacher].append(d)
-        cells = "; ".join(f"{t.dataset} {t.teacher_arch} {t.teacher_top1:.2f}%: {sum(d.mean > 0 for d in v)} of {len(v)}"
-                          for t, v in sorted(by_t.items()))
+            by_t[(d.teacher, d.setting)].append(d)
+        cells = "; ".join(f"{t.dataset} {t.teacher_arch} {t.teacher_top1:.2f}%{f' ({s})' if s else ''}: "
+                          f"{sum(d.mean > 0 for d in v)} of {len(v)}" for (t, s), v in sorted(by_t.items()))
         lines.append(f"- {KIND_TITLES[kind]} above zero: {cells}")
     return "Cells above zero (the paper's settings):\n\n" + "\n".join(lines) if lines else ""
 
 
 def plot_ladder(diffs: list[Difference], path: Path) -> bool:
     """Each difference against the teacher's gap: a row of three panels per dataset; colour = sparsity, line =
-    regime (tg-magnitude) or method (kd-plain, magnitude dashed); a variant (e.g. alpha 0.5) as hollow markers
-    in the same colours, not joined, with one legend entry (at most 7 entries a panel)."""
+    regime (tg-magnitude) or method (kd-plain, magnitude dashed); a variant (e.g. alpha 0.5) or a setting as
+    hollow markers in the same colours, not joined, with one legend entry (at most 7 entries a panel)."""
     pts = [d for d in diffs if d.gap is not None]
     if not pts:
         return False
@@ -223,7 +254,7 @@ def plot_ladder(diffs: list[Difference], path: Path) -> bool:
             series: dict[tuple, list[Difference]] = defaultdict(list)
             for d in pts:
                 if (d.dataset, d.arch, d.kind) == (ds, arch, kind):
-                    series[(d.sparsity, d.regime or d.method, d.variant)].append(d)
+                    series[(d.sparsity, d.regime or d.method, d.label)].append(d)
             variants_named = set()
             for (s, line, variant), ds_ in sorted(series.items()):
                 ds_.sort(key=lambda d: d.gap)
