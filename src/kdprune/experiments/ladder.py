@@ -26,6 +26,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from kdprune.choices import RETRAIN_SCHEDULES
 from kdprune.errors import UserError
 from kdprune.experiments.plotstyle import savefig
 from kdprune.experiments.report import _csv, collect, mean_std
@@ -77,16 +78,13 @@ class Difference:
         return ", ".join(p for p in (self.setting, self.variant) if p)
 
 
-_SCHEDULES = ("finetune", "lr-rewind", "restart")
-
-
 def _parts(r: dict) -> list[str]:
     return [p.strip() for p in (r.get("variant") or "").split(",") if p.strip()]
 
 
 def _variant(r: dict) -> str:
     """The row's variant without its retraining schedule (see :func:`_setting`)."""
-    return ", ".join(p for p in _parts(r) if p not in _SCHEDULES)
+    return ", ".join(p for p in _parts(r) if p not in RETRAIN_SCHEDULES)
 
 
 def _setting(rows: list[dict]):
@@ -94,13 +92,13 @@ def _setting(rows: list[dict]):
     rows differ in them. Every ladder row shares both (the setting is then ""); a benchmark's rows mix them
     (fine-tuning against restart, 1 against 3 epochs), and a difference compares two rows of one setting."""
     pruned = [r for r in rows if r["method"] in (PAPER_METHOD, "magnitude")]
-    schedules = {tuple(p for p in _parts(r) if p in _SCHEDULES) for r in pruned}
+    schedules = {tuple(p for p in _parts(r) if p in RETRAIN_SCHEDULES) for r in pruned}
     epochs = {str(r.get("epochs")) for r in pruned}
 
     def setting(r: dict) -> str:
         if r["method"] == "dense":
             return ""
-        parts = [p for p in _parts(r) if p in _SCHEDULES] if len(schedules) > 1 else []
+        parts = [p for p in _parts(r) if p in RETRAIN_SCHEDULES] if len(schedules) > 1 else []
         return ", ".join(parts + ([f"{r.get('epochs')} ep"] if len(epochs) > 1 else []))
     return setting
 
