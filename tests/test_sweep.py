@@ -242,3 +242,30 @@ def test_every_committed_sweep_is_valid(path):
 
     _, cfgs = load_sweep(path, check_files=False)
     assert cfgs and len({c.out for c in cfgs}) == len(cfgs)  # every run its own folder
+
+
+def test_the_two_seed_ladder_covers_every_rung_and_reuses_the_scoring_sweeps_strong_teacher():
+    """teacher-ladder-seeds-*.yaml: three teachers per dataset, both seeds and both regimes under each, alpha 0.5
+    under the weak ones; the strong CIFAR-10 rung's shared stages are those of the CIFAR-10 scoring sweep."""
+    from kdprune.experiments.sweep import _shared_dir, _shared_stages, load_sweep
+
+    cpu = Path(__file__).parent.parent / "configs" / "cpu"
+
+    def stages(name):
+        out, cfgs = load_sweep(cpu / name, check_files=False)
+        return cfgs, {_shared_dir(Path("."), c, s, k).name for c in cfgs for s, k in _shared_stages(c)}
+
+    scoring = stages("teacher-ladder-scoring-cifar10.yaml")[1]
+    for dataset in ("cifar10", "cifar100"):
+        cfgs, shared = stages(f"teacher-ladder-seeds-{dataset}.yaml")
+        assert {c.out.split("/runs/")[0] for c in cfgs} == {"runs/teacher-ladder-seeds"}
+        teachers = {(c.teacher_arch, c.teacher_epochs) for c in cfgs}
+        assert len(teachers) == 3 and sum(s.startswith("teacher-") for s in shared) == 3
+        for t in teachers:
+            under = [c for c in cfgs if (c.teacher_arch, c.teacher_epochs) == t]
+            assert {(c.method, c.seed) for c in under} == {(m, s) for m in ("dense", "teacher-guided", "magnitude")
+                                                          for s in (0, 1)}
+            assert all(c.retrain == "both" and c.sparsity == [0.9, 0.95, 0.98] for c in under)
+        assert {c.alpha for c in cfgs if c.teacher_arch == "resnet20"} == {0.9, 0.5}
+        if dataset == "cifar10":
+            assert scoring <= shared
