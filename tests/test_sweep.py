@@ -253,12 +253,12 @@ def test_the_two_seed_ladder_covers_every_rung_and_reuses_the_scoring_sweeps_str
 
     def stages(name):
         out, cfgs = load_sweep(cpu / name, check_files=False)
-        return cfgs, {_shared_dir(Path("."), c, s, k).name for c in cfgs for s, k in _shared_stages(c)}
+        return out, cfgs, {_shared_dir(out, c, s, k).name for c in cfgs for s, k in _shared_stages(c)}
 
-    scoring = stages("teacher-ladder-scoring-cifar10.yaml")[1]
+    scoring = stages("teacher-ladder-scoring-cifar10.yaml")[2]
     for dataset in ("cifar10", "cifar100"):
-        cfgs, shared = stages(f"teacher-ladder-seeds-{dataset}.yaml")
-        assert {c.out.split("/runs/")[0] for c in cfgs} == {"runs/teacher-ladder-seeds"}
+        out, cfgs, shared = stages(f"teacher-ladder-seeds-{dataset}.yaml")
+        assert out == Path("runs/teacher-ladder-seeds")
         teachers = {(c.teacher_arch, c.teacher_epochs) for c in cfgs}
         assert len(teachers) == 3 and sum(s.startswith("teacher-") for s in shared) == 3
         for t in teachers:
