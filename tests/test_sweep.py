@@ -160,6 +160,37 @@ base:
     assert len(_rows(tmp_path)) == 2
 
 
+@pytest.mark.slow
+def test_one_worker_finishes_the_first_teachers_runs_before_it_trains_the_next_teacher(tmp_path, run_cli):
+    """One worker trains a shared stage when a run first needs it: a sweep stopped part-way leaves its first
+    grid entries whole (the teacher ladder's rungs), not every teacher trained and no result."""
+    f = tmp_path / "sweep.yaml"
+    f.write_text(f"""out: {tmp_path / 'out'}
+grid:
+  - teacher_epochs: [1]
+  - teacher_epochs: [2]
+base:
+  method: teacher-guided
+  teacher_arch: resnet20
+  sparsity: [0.5]
+  student_epochs: 1
+  retrain_epochs: 1
+  batch_size: 256
+  score_batches: 1
+  retrain: plain
+""")
+    code, out, err = run_cli("--threads", "1", "sweep", f)
+    assert code == 0, err
+    con = sqlite3.connect(str(tmp_path / "out" / "results.sqlite"))
+    runs = [tmp_path / "out" / "runs" / r[0] for r in con.execute("SELECT run FROM results ORDER BY rowid")]
+    assert [yaml.safe_load((r / "config.yaml").read_text())["teacher_epochs"] for r in runs] == [1, 2]
+    # the second run's teacher is a hard link to the second shared teacher, finished after the first run
+    second_teacher = next(p for p in (tmp_path / "out" / "shared").glob("teacher-*/teacher/model.safetensors")
+                          if os.path.samefile(p, runs[1] / "teacher" / "model.safetensors"))
+    done = [(r / "metrics.json").stat().st_mtime_ns for r in runs]
+    assert done[0] < second_teacher.stat().st_mtime_ns < done[1]
+
+
 def test_workers_get_one_gpu_each():
     import multiprocessing as mp
 

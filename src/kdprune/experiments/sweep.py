@@ -6,9 +6,11 @@ run). Every grid point is one run in ``OUT/runs/<hash>``, the hash of its resolv
 (its ``metrics.json`` exists) is skipped, an interrupted one resumes. The teacher, the KD-trained student
 and the dense CE student are trained once per setting that determines them, in ``OUT/shared/``, and
 hard-linked into every run that needs them (so each run's compute accounting still counts them). Each
-run's rows go into ``OUT/results.sqlite`` (see :mod:`kdprune.experiments.store`). ``--jobs N`` runs N worker
-processes (one GPU each, round-robin, where there are GPUs); ``--dry-run`` prints the plan and its
-estimated cost.
+run's rows go into ``OUT/results.sqlite`` (see :mod:`kdprune.experiments.store`). One worker takes the runs in
+the file's order and trains each shared stage when a run first needs it, so a sweep stopped part-way leaves the
+first grid entries finished, not every teacher trained and no run. ``--jobs N`` runs N worker processes (one GPU
+each, round-robin, where there are GPUs); they train the shared stages first, teachers then students, then the
+runs. ``--dry-run`` prints the plan and its estimated cost.
 
 Under ``torchrun --nproc_per_node N -m kdprune sweep`` every run trains with DDP on N processes, one run
 after another: rank 0 takes the file locks, decides what is finished and writes the store; the other
@@ -323,11 +325,8 @@ def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print,
 
     threads = max(1, choose_threads(threads) // jobs)
     log(f"{jobs} worker{'s' * (jobs > 1)}, {threads} CPU thread{'s' * (threads > 1)} each")
-    order = sorted(shared.items(), key=lambda kv: kv[0][0] == "student")  # teachers before students
-    if jobs == 1:
-        for (stage, d), cfg in order:
-            _train_shared(out, cfg, stage, dict(_shared_stages(cfg))[stage])
-        for cfg in todo:
+    if jobs == 1:  # each run trains the shared stages it needs on first use: a rung's runs finish before the next
+        for cfg in todo:  # rung's teacher starts, so a stopped sweep leaves whole rungs
             n, error = _run_or_fail(cfg, out)
             if error:
                 failed.append((run_id(cfg), error))
@@ -347,9 +346,10 @@ def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print,
         if plan:
             log(f"{jobs} workers on GPUs {plan}")
         with ctx.Pool(jobs, initializer=_init_worker, initargs=(gpus if plan else None,)) as pool:
+            # workers train the shared stages first, phase by phase, so that none waits idle on another's lock
             for phase in ("teacher", "dense-ce", "student"):
                 pool.map(_shared_worker, [(out, cfg, stage, dict(_shared_stages(cfg))[stage], threads)
-                                          for (stage, d), cfg in order if stage == phase])
+                                          for (stage, d), cfg in shared.items() if stage == phase])
             for rid, n, error in pool.imap_unordered(_worker, [(cfg, out, threads) for cfg in todo]):
                 if error:
                     failed.append((rid, error))
