@@ -325,8 +325,8 @@ def run_sweep(path: str | Path, jobs: int = 1, dry_run: bool = False, log=print,
 
     threads = max(1, choose_threads(threads) // jobs)
     log(f"{jobs} worker{'s' * (jobs > 1)}, {threads} CPU thread{'s' * (threads > 1)} each")
-    if jobs == 1:  # each run trains the shared stages it needs on first use: a rung's runs finish before the next
-        for cfg in todo:  # rung's teacher starts, so a stopped sweep leaves whole rungs
+    if jobs == 1:  # each run trains the shared stages it needs on first use, so the runs of one grid entry finish
+        for cfg in todo:  # before the next entry's teacher starts: a stopped sweep leaves whole entries
             n, error = _run_or_fail(cfg, out)
             if error:
                 failed.append((run_id(cfg), error))
