@@ -29,7 +29,7 @@ from pathlib import Path
 from kdprune.choices import RETRAIN_SCHEDULES
 from kdprune.errors import UserError
 from kdprune.experiments.plotstyle import savefig
-from kdprune.experiments.report import _csv, collect, mean_std
+from kdprune.experiments.report import _csv, _legend_below, collect, mean_std
 from kdprune.io import write_text
 from kdprune.methods.registry import PAPER_METHOD
 
@@ -232,7 +232,7 @@ def _tally(diffs: list[Difference]) -> str:
 def plot_ladder(diffs: list[Difference], path: Path) -> bool:
     """Each difference against the teacher's gap: a row of three panels per dataset; colour = sparsity, line =
     regime (tg-magnitude) or method (kd-plain, magnitude dashed); a variant (e.g. alpha 0.5) or a setting as
-    hollow markers in the same colours, not joined, with one legend entry (at most 7 entries a panel)."""
+    hollow markers in the same colours, not joined, with one legend entry (at most 7 entries, under the panel)."""
     pts = [d for d in diffs if d.gap is not None]
     if not pts:
         return False
@@ -242,7 +242,7 @@ def plot_ladder(diffs: list[Difference], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     datasets = sorted({(d.dataset, d.arch) for d in pts})
-    fig, axes = plt.subplots(len(datasets), 3, figsize=(15, 4.2 * len(datasets)), squeeze=False)
+    fig, axes = plt.subplots(len(datasets), 3, figsize=(15, 5.6 * len(datasets)), squeeze=False)
     levels = sorted({d.sparsity for d in pts if d.kind != "kd-ce student"})
     cmap = matplotlib.colormaps["viridis"]
     colour = {s: cmap(i / max(1, len(levels) - 1) * 0.85) for i, s in enumerate(levels)}
@@ -273,8 +273,7 @@ def plot_ladder(diffs: list[Difference], path: Path) -> bool:
             ax.set_xlabel("teacher top-1 − dense CE student top-1 (points)")
             ax.set_ylabel("difference (points)")
             ax.grid(alpha=0.3)
-            if series:
-                ax.legend(fontsize=7)
+    _legend_below(fig, axes.flatten())  # under each panel: a legend inside covers the points at its edge
     fig.tight_layout()
     savefig(fig, path)
     plt.close(fig)
