@@ -180,3 +180,26 @@ def test_dense_method_records_both_students_and_resumes(tmp_path):
     again = run_pipeline(build_config(RunConfig, {**vars(cfg), "resume": True}))  # resumed: nothing trained again
     assert sorted(r["top1"] for r in again) == sorted(r["top1"] for r in rows.values())
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_each_panels_legend_lies_under_it_clear_of_the_points(tmp_path, monkeypatch):
+    """Inside the panel a legend covered the points at its edge (the strongest teacher's): now every panel's legend
+    is drawn under its axes, and the figure is still written."""
+    import kdprune.experiments.ladder as ladder
+
+    drawn = []
+    real_savefig = ladder.savefig
+
+    def keep(fig, path):
+        fig.canvas.draw()
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            assert legend is not None, ax.get_title()
+            box, panel = legend.get_window_extent(), ax.get_window_extent()
+            drawn.append((ax.get_title(), box.y1 <= panel.y0))
+        real_savefig(fig, path)
+
+    monkeypatch.setattr(ladder, "savefig", keep)
+    assert ladder.plot_ladder(differences(ladder_rows()), tmp_path / "ladder.png")
+    assert len(drawn) == 3 and all(below for _, below in drawn), drawn
+    assert (tmp_path / "ladder.png").stat().st_size > 0
